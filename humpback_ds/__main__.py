@@ -1,0 +1,3 @@
+from humpback_ds.cli import main
+
+raise SystemExit(main())
