@@ -17,20 +17,73 @@ from humpback_ds.records import DataError
 
 # name -> (module, function, config class, one-line description)
 STAGES: dict[str, tuple[str, str, type, str]] = {
-    "tiny-model": ("humpback_ds.modeling", "build_tiny_model", C.TinyModelConfig,
-                   "build a tiny LLaMA + SentencePiece tokenizer (tests, demo)"),
-    "seed": ("humpback_ds.stages.seed", "run", C.SeedConfig,
-             "oasst1 export -> first-turn seed pairs"),
-    "segment": ("humpback_ds.stages.segment", "run", C.SegmentConfig,
-                "web documents -> self-contained segments"),
-    "train": ("humpback_ds.stages.train", "run", C.TrainConfig,
-              "ZeRO-3 fine-tuning: backward model, seed model m0, iteration models"),
-    "augment": ("humpback_ds.stages.augment", "run", C.AugmentConfig,
-                "backward model writes one candidate instruction per segment"),
-    "curate": ("humpback_ds.stages.curate", "run", C.CurateConfig,
-               "a model rates every candidate 1-5 (generate or logprob mode)"),
-    "select": ("humpback_ds.stages.select", "run", C.SelectConfig,
-               "keep candidates scored >= k, tag, mix with the seed data"),
+    "tiny-model": (
+        "humpback_ds.modeling",
+        "build_tiny_model",
+        C.TinyModelConfig,
+        "build a tiny LLaMA + SentencePiece tokenizer (tests, demo)",
+    ),
+    "seed": (
+        "humpback_ds.stages.seed",
+        "run",
+        C.SeedConfig,
+        "oasst1 export -> first-turn seed pairs",
+    ),
+    "segment": (
+        "humpback_ds.stages.segment",
+        "run",
+        C.SegmentConfig,
+        "web documents -> self-contained segments",
+    ),
+    "train": (
+        "humpback_ds.stages.train",
+        "run",
+        C.TrainConfig,
+        "ZeRO-3 fine-tuning: backward model, seed model m0, iteration models",
+    ),
+    "augment": (
+        "humpback_ds.stages.augment",
+        "run",
+        C.AugmentConfig,
+        "backward model writes one candidate instruction per segment",
+    ),
+    "curate": (
+        "humpback_ds.stages.curate",
+        "run",
+        C.CurateConfig,
+        "a model rates every candidate 1-5 (generate or logprob mode)",
+    ),
+    "select": (
+        "humpback_ds.stages.select",
+        "run",
+        C.SelectConfig,
+        "keep candidates scored >= k, tag, mix with the seed data",
+    ),
+    "answer": (
+        "humpback_ds.stages.answer",
+        "run",
+        C.AnswerConfig,
+        "answers for evaluation prompts (alpaca_eval format)",
+    ),
+    "judge": (
+        "humpback_ds.stages.judge",
+        "run",
+        C.JudgeConfig,
+        "local pairwise judge: win rate of A vs B with standard error",
+    ),
+    "report": (
+        "humpback_ds.stages.report",
+        "run",
+        C.ReportConfig,
+        "HTML + Markdown run report with plots",
+    ),
+}
+
+
+PIPELINE = {
+    "run": "the whole run from a run file: seed ... m{T}, then evaluation (finished steps are skipped)",
+    "iterate": "one iteration T: curate with m{T-1}, select, train m{T} from the base model",
+    "status": "what is done, running, pending in a run directory (--run_dir DIR)",
 }
 
 
@@ -52,6 +105,7 @@ def _strip_local_rank(argv: list[str]) -> list[str]:
 def _usage() -> str:
     lines = ["usage: humpback-ds <stage> [--config RUN.toml] [--field=value ...]", "", "stages:"]
     lines += [f"  {name:<12} {desc}" for name, (_, _, _, desc) in STAGES.items()]
+    lines += ["", "pipeline:"] + [f"  {name:<12} {desc}" for name, desc in PIPELINE.items()]
     lines.append("\n`humpback-ds <stage> --help` lists a stage's options and defaults.")
     return "\n".join(lines)
 
@@ -75,7 +129,9 @@ def parse(stage: str, argv: list[str]) -> Any:
             i += 1
     if toml_path != "run file":
         table = C.load_toml(toml_path).get(stage.replace("-", "_"), {})
-    return C.build(cls, toml_table=table, overrides=C.parse_overrides(cls, rest), toml_path=toml_path)
+    return C.build(
+        cls, toml_table=table, overrides=C.parse_overrides(cls, rest), toml_path=toml_path
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,6 +140,14 @@ def main(argv: list[str] | None = None) -> int:
         print(_usage())
         return 0 if argv else 2
     stage, rest = argv[0], argv[1:]
+    if stage in PIPELINE:
+        from humpback_ds import pipeline
+
+        try:
+            return pipeline.main(stage, rest)
+        except (C.ConfigError, DataError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     if stage not in STAGES:
         print(f"error: unknown stage '{stage}'\n\n{_usage()}", file=sys.stderr)
         return 2

@@ -47,15 +47,18 @@ class DataConfig:
 class SeedConfig(DataConfig):
     """Seed data: first turns of OpenAssistant oasst1 (paper §3 / METHOD.md 'The loop' 1)."""
 
-    input: str = param(help="oasst1 export: message table (.jsonl, .jsonl.gz, .parquet) or *.trees.jsonl(.gz)")
+    input: str = param(
+        help="oasst1 export: message table (.jsonl, .jsonl.gz, .parquet) or *.trees.jsonl(.gz)"
+    )
     output: str = param(help="Output JSONL of Pair records")
-    num_examples: int = param(3200, "Pairs to sample; the paper used ~3,200 (§3)")
+    num_examples: int = param(3200, "Pairs to sample (>= 1); the paper used ~3,200 (§3)")
     seed: int = param(0, "Sampling seed (deterministic selection)")
     lang: str = param("en", "Keep trees whose root prompt has this language (paper: English)")
     keep_unranked: bool = param(
         True,
-        "Keep a reply with no human rank when it is the only eligible reply to the root "
-        "(oasst1 leaves single replies unranked)",
+        "Use a reply with no human rank when it is the only eligible reply to the root (oasst1 "
+        "leaves single replies unranked); ranked replies always win, and several unranked "
+        "eligible replies reject the tree as 'unranked_ambiguous'",
     )
 
 
@@ -63,14 +66,18 @@ class SeedConfig(DataConfig):
 class SegmentConfig(DataConfig):
     """Unlabelled data -> self-contained segments (paper §3 / METHOD.md 'The loop' 2)."""
 
-    input: list[str] = param(help="HTML / Markdown / text files, directories of them, JSONL(.gz) or Parquet dumps")
+    input: list[str] = param(
+        help="HTML / Markdown / text files, directories of them, JSONL(.gz) or Parquet dumps"
+    )
     output: str = param(help="Output JSONL of Segment records")
     text_field: str = param("text", "Field holding plain text or Markdown in JSONL/Parquet dumps")
     html_field: str = param("html", "Field holding HTML in JSONL/Parquet dumps (used when present)")
     id_field: str = param("id", "Field holding a document id in dumps (line number when absent)")
     min_chars: int = param(600, "Shortest segment kept, in characters (paper: 600)")
     max_chars: int = param(3000, "Longest segment kept, in characters (paper: 3,000)")
-    near_dup_threshold: float = param(0.8, "MinHash Jaccard at or above which a segment is a near-duplicate")
+    near_dup_threshold: float = param(
+        0.8, "MinHash Jaccard at or above which a segment is a near-duplicate"
+    )
     num_perm: int = param(128, "MinHash permutations")
     repetition_ngram: int = param(3, "Word n-gram size for the repeated-sentence filter")
     repetition_threshold: float = param(
@@ -91,26 +98,40 @@ class TrainConfig(DataConfig):
     task: Literal["backward", "seed", "iteration"] = param(
         help="backward: output -> instruction; seed / iteration: instruction -> output"
     )
-    base_model: str = param(help="HF checkpoint directory of the BASE model (every model starts from it)")
+    base_model: str = param(
+        help="HF checkpoint directory of the BASE model (every model starts from it)"
+    )
     data: str = param(help="Training JSONL of Pair records")
     output_dir: str = param(help="Where checkpoints, metrics.jsonl and the final HF model go")
-    ds_config: str = param("", "DeepSpeed JSON; empty = ds_configs/zero3_cpu.json on CPU, ds_configs/zero3.json on GPU")
+    ds_config: str = param(
+        "", "DeepSpeed JSON; empty = ds_configs/zero3_cpu.json on CPU, ds_configs/zero3.json on GPU"
+    )
     lr: float = param(1e-5, "Peak learning rate (§4.1)")
-    final_lr: float = param(9e-6, "Absolute learning rate at the last step, reached linearly (§4.1)")
+    final_lr: float = param(
+        9e-6, "Absolute learning rate at the last step, reached linearly (§4.1)"
+    )
     weight_decay: float = param(0.1, "AdamW weight decay (§4.1)")
     adam_beta1: float = param(0.9, "AdamW beta1 (inherited from LIMA)")
     adam_beta2: float = param(0.95, "AdamW beta2 (inherited from LIMA)")
     dropout: float = param(0.1, "Dropout on attention and residual paths (§4.1)")
-    global_batch_size: int = param(0, "Examples per optimizer step; 0 = 32, or 8 below 3,000 examples (§4.1)")
+    global_batch_size: int = param(
+        0, "Examples per optimizer step; 0 = 32, or 8 below 3,000 examples (§4.1)"
+    )
     micro_batch_size: int = param(1, "Examples (or packed rows) per device per micro step")
     max_steps: int = param(0, "Optimizer steps; 0 = from the paper's data-size table (METHOD.md)")
-    max_seq_len: int = param(2048, "Tokens per example; longer examples are truncated (LLaMA-1: 2048)")
+    max_seq_len: int = param(
+        2048, "Tokens per example; longer examples are truncated (LLaMA-1: 2048)"
+    )
     packing: bool = param(True, "Pack examples into rows without cross-example attention")
     precision: Literal["auto", "bf16", "fp32"] = param("auto", "auto = bf16 on GPU, fp32 on CPU")
     seed: int = param(42, "Data order and initialisation seed")
-    save_every: int = param(100, "Steps between resumable DeepSpeed checkpoints (0 = only at the end)")
+    save_every: int = param(
+        100, "Steps between resumable DeepSpeed checkpoints (0 = only at the end)"
+    )
     log_every: int = param(1, "Steps between metrics.jsonl lines")
-    stop_file: str = param("", "A file whose appearance makes the trainer checkpoint and exit (pre-emption)")
+    stop_file: str = param(
+        "", "A file whose appearance makes the trainer checkpoint and exit (pre-emption)"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -124,12 +145,16 @@ class GenerationConfig(DataConfig):
 
     model: str = param(help="HF checkpoint directory")
     tp_size: int = param(1, "Tensor-parallel size; world / tp_size replicas split the records")
-    dtype: Literal["auto", "bf16", "fp16", "fp32"] = param("auto", "auto = bf16 on GPU, fp32 on CPU")
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = param(
+        "auto", "auto = bf16 on GPU, fp32 on CPU"
+    )
     temperature: float = param(0.7, "Nucleus sampling temperature (paper decoding, §4.1)")
     top_p: float = param(0.9, "Nucleus sampling top-p (paper decoding, §4.1)")
     greedy: bool = param(False, "Greedy decoding instead of sampling")
     max_new_tokens: int = param(512, "Generation limit per record")
-    token_budget: int = param(16384, "Prompt + generated tokens per batch (batches are length-sorted)")
+    token_budget: int = param(
+        16384, "Prompt + generated tokens per batch (batches are length-sorted)"
+    )
     kernel_inject: bool = param(False, "DeepSpeed kernel injection (GPU opt-in; not usable on CPU)")
     seed: int = param(0, "Base seed; each record's seed derives from it and the record id")
 
@@ -151,7 +176,8 @@ class CurateConfig(GenerationConfig):
     candidates: str = param(help="Candidate JSONL")
     output: str = param(help="Scored JSONL")
     mode: Literal["generate", "logprob"] = param(
-        "generate", "generate: the paper's sampled rationale + last 'Score: N'; logprob: one forward pass"
+        "generate",
+        "generate: the paper's sampled rationale + last 'Score: N'; logprob: one forward pass",
     )
     num_samples: int = param(1, "generate mode: ratings sampled per candidate and averaged")
 
@@ -165,7 +191,9 @@ class SelectConfig(DataConfig):
     output: str = param(help="Training JSONL (Pair records with tags appended)")
     threshold: float = param(5.0, "Keep score >= threshold; final Humpback uses k = 5 (§4.1)")
     top_n: int = param(0, "Keep at most this many of the best candidates (0 = no cap)")
-    use_expected: bool = param(False, "logprob mode: compare the expected score instead of the argmax")
+    use_expected: bool = param(
+        False, "logprob mode: compare the expected score instead of the argmax"
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -177,8 +205,32 @@ class AnswerConfig(GenerationConfig):
     tag: Literal["both", "seed", "augmented", "none"] = param(
         "both", "Inference tag appended to the instruction (paper's best: both, §4.1)"
     )
-    generator: str = param("", "Name written in the 'generator' field; empty = model directory name")
+    generator: str = param(
+        "", "Name written in the 'generator' field; empty = model directory name"
+    )
     max_new_tokens: int = param(1024, "Answer length limit in tokens")
+
+
+@dataclass(frozen=True, kw_only=True)
+class JudgeConfig(GenerationConfig):
+    """Local pairwise judge: which of two answers is better, in both orders (AlpacaEval-style)."""
+
+    outputs: str = param(help="alpaca_eval-format JSON of the model under test (A)")
+    reference: str = param(help="alpaca_eval-format JSON of the reference model (B)")
+    output: str = param(help="Per-prompt judgements JSONL; the win rate goes to its manifest")
+    mode: Literal["logprob", "generate"] = param(
+        "logprob",
+        "logprob: P('1') vs P('2') after the judge prompt; generate: parse a sampled verdict",
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReportConfig:
+    """The run report: one self-contained HTML page and a Markdown twin, with plots."""
+
+    run_dir: str = param(help="Run directory (see humpback_ds/layout.py)")
+    output_dir: str = param("", "Where index.html / report.md go; empty = RUN_DIR/report")
+    examples_per_score: int = param(2, "Example candidates shown for each score")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -194,6 +246,29 @@ class TinyModelConfig:
     num_kv_heads: int = param(2, "Key/value heads (GQA when fewer than num_heads)")
     max_position_embeddings: int = param(2048, "Longest sequence")
     seed: int = param(0, "Weight initialisation and tokenizer training seed")
+
+
+# --------------------------------------------------------------------------------------------
+# A whole run
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """The [run] table of a run file. Stage tables ([seed], [train], [train.backward], ...) hold
+    per-stage overrides; paths between stages come from humpback_ds/layout.py."""
+
+    run_dir: str = param(help="Run directory: every artifact of the run goes under it")
+    base_model: str = param(
+        help="HF checkpoint directory of the base model, or 'tiny' to build one"
+    )
+    seed_input: str = param(help="oasst1 export for the seed stage")
+    web_input: list[str] = param(help="Unlabelled documents for the segment stage")
+    eval_prompts: str = param("", "Evaluation instructions (JSON/JSONL); empty = no evaluation")
+    judge_model: str = param("", "HF checkpoint of the pairwise judge; empty = the last model")
+    iterations: int = param(2, "Self-curation iterations; Humpback is M2 (paper §2.2)")
+    nproc: int = param(0, "Processes per node for distributed stages; 0 = all GPUs, or 2 on CPU")
+    nnodes: int = param(1, "Nodes for distributed stages (under Slurm: the job's nodes)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -249,8 +324,13 @@ def _convert(name: str, raw: Any, annotation: Any, where: str) -> Any:
     raise TypeError(f"unsupported config type {annotation!r} for {name}")  # a bug, not a user error
 
 
-def build(cls: type, *, toml_table: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None,
-          toml_path: str = "run file") -> Any:
+def build(
+    cls: type,
+    *,
+    toml_table: dict[str, Any] | None = None,
+    overrides: dict[str, Any] | None = None,
+    toml_path: str = "run file",
+) -> Any:
     """Defaults < TOML table < overrides, each value checked against the field's type."""
     hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
@@ -260,7 +340,8 @@ def build(cls: type, *, toml_table: dict[str, Any] | None = None, overrides: dic
                 raise _unknown_key_error(cls, key, where)
             values[key] = _convert(key, raw, hints[key], where)
     missing = [
-        f.name for f in dataclasses.fields(cls)
+        f.name
+        for f in dataclasses.fields(cls)
         if f.name not in values and f.default is MISSING and f.default_factory is MISSING
     ]
     if missing:
@@ -288,7 +369,9 @@ def parse_overrides(cls: type, argv: list[str]) -> dict[str, Any]:
     while i < len(argv):
         arg = argv[i]
         if not arg.startswith("--"):
-            raise ConfigError(f"command line: unexpected argument {arg!r}; options look like --field=value")
+            raise ConfigError(
+                f"command line: unexpected argument {arg!r}; options look like --field=value"
+            )
         key, eq, value = arg[2:].partition("=")
         if key not in hints:
             raise _unknown_key_error(cls, key, "command line")

@@ -53,13 +53,23 @@ def progress(unit: str = "it", *, extra: Sequence[Any] = ()) -> Progress:
     )
 
 
-def summary_table(title: str, rows: Iterable[tuple[Any, ...]], columns: Sequence[str] = ("", "value")) -> Table:
+def summary_table(
+    title: str, rows: Iterable[tuple[Any, ...]], columns: Sequence[str] = ("", "value")
+) -> Table:
     table = Table(title=title, title_justify="left")
     for i, col in enumerate(columns):
         table.add_column(col, justify="left" if i == 0 else "right")
     for row in rows:
-        table.add_row(*(f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else
-                        f"{v:,.3f}" if isinstance(v, float) else str(v) for v in row))
+        table.add_row(
+            *(
+                f"{v:,}"
+                if isinstance(v, int) and not isinstance(v, bool)
+                else f"{v:,.3f}"
+                if isinstance(v, float)
+                else str(v)
+                for v in row
+            )
+        )
     return table
 
 

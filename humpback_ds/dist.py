@@ -35,7 +35,9 @@ def is_main() -> bool:
 
 
 def collective_timeout() -> datetime.timedelta:
-    return datetime.timedelta(seconds=float(os.environ.get("HUMPBACK_COLLECTIVE_TIMEOUT_S", DEFAULT_TIMEOUT_S)))
+    return datetime.timedelta(
+        seconds=float(os.environ.get("HUMPBACK_COLLECTIVE_TIMEOUT_S", DEFAULT_TIMEOUT_S))
+    )
 
 
 def cuda_available() -> bool:

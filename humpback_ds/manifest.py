@@ -32,19 +32,33 @@ def manifest_path(output: str | Path) -> Path:
 
 
 def content_hash(path: str | Path) -> str:
-    """sha256 of a file, or of a directory's files (names and contents, sorted)."""
+    """sha256 identity of a file or a directory.
+
+    A file: its bytes. A directory with a manifest.json (everything this project writes): the
+    manifest (its provenance) plus every file's name and size, so that a 65B checkpoint is not
+    re-read to compare it. Any other directory (a downloaded base model): names and sizes of all
+    files plus the bytes of those under 1 MiB (config, tokenizer).
+    """
     path = Path(path)
+    if not path.exists():
+        return "missing"
     h = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for f in files:
-        if f.name == "manifest.json" and path.is_dir():
-            continue  # a directory's own manifest is not part of its content
-        if path.is_dir():
-            h.update(str(f.relative_to(path)).encode())
-        with f.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
+    if path.is_file():
+        _hash_file(h, path)
+        return h.hexdigest()
+    has_manifest = (path / "manifest.json").is_file()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        size = f.stat().st_size
+        h.update(f"{f.relative_to(path)}\0{size}\0".encode())
+        if f.name == "manifest.json" or (not has_manifest and size < (1 << 20)):
+            _hash_file(h, f)
     return h.hexdigest()
+
+
+def _hash_file(h: Any, path: Path) -> None:
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
 
 
 def versions() -> dict[str, str]:

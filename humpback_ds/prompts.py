@@ -65,7 +65,9 @@ def tag_for_source(source: str) -> str:
     try:
         return TAGS_BY_SOURCE[source]
     except KeyError:
-        raise ValueError(f"unknown data source {source!r}; expected one of {sorted(TAGS_BY_SOURCE)}") from None
+        raise ValueError(
+            f"unknown data source {source!r}; expected one of {sorted(TAGS_BY_SOURCE)}"
+        ) from None
 
 
 def forward_prompt(instruction: str) -> str:

@@ -98,7 +98,9 @@ def from_dict(cls: type[R], obj: Any) -> R:
     hints = typing.get_type_hints(cls)
     unknown = set(obj) - set(hints)
     if unknown:
-        raise ValueError(f"unknown field(s) {sorted(unknown)} for {cls.__name__}; valid: {sorted(hints)}")
+        raise ValueError(
+            f"unknown field(s) {sorted(unknown)} for {cls.__name__}; valid: {sorted(hints)}"
+        )
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         if f.name not in obj:
@@ -113,7 +115,9 @@ def from_dict(cls: type[R], obj: Any) -> R:
             hint = next(a for a in typing.get_args(hint) if a is not type(None))
         allowed = _JSON_TYPES.get(hint, (object,))
         if not isinstance(value, allowed) or (hint is not bool and isinstance(value, bool)):
-            raise ValueError(f"field '{f.name}' must be {getattr(hint, '__name__', hint)}, got {value!r:.60}")
+            raise ValueError(
+                f"field '{f.name}' must be {getattr(hint, '__name__', hint)}, got {value!r:.60}"
+            )
     return cls(**obj)
 
 
@@ -161,25 +165,37 @@ class Quarantine:
             self._fh = None
 
 
-def iter_json_lines(path: str | Path, stats: ReadStats, quarantine: Quarantine | None,
-                    max_bad_fraction: float) -> Iterator[tuple[int, Any]]:
+def iter_json_lines(
+    path: str | Path, stats: ReadStats, quarantine: Quarantine | None, max_bad_fraction: float
+) -> Iterator[tuple[int, Any]]:
     """Yield (line number, parsed JSON) of every well-formed line; bad lines are quarantined."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    with open_text(path) as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            stats.read += 1
-            try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as e:
-                reject(stats, quarantine, lineno, f"invalid JSON: {e.msg} at column {e.colno}", line)
+    lineno = 0
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        try:
+            for lineno, raw in enumerate(fh, start=1):  # noqa: B007 (read in the handler)
+                if not raw.strip():
+                    continue
+                stats.read += 1
+                try:
+                    yield lineno, json.loads(raw.decode("utf-8"))
+                except UnicodeDecodeError as e:
+                    error = f"not UTF-8 at byte {e.start} ({e.reason}); re-encode the file as UTF-8"
+                    reject(stats, quarantine, lineno, error, raw.decode("utf-8", "replace"))
+                except json.JSONDecodeError as e:
+                    error = f"invalid JSON: {e.msg} at column {e.colno}"
+                    reject(stats, quarantine, lineno, error, raw.decode("utf-8"))
+        except (OSError, EOFError) as e:  # a truncated or corrupt .gz
+            raise DataError(f"{path}: cannot be read after line {lineno}: {e}") from None
     check_bad_fraction(stats, max_bad_fraction)
 
 
-def reject(stats: ReadStats, quarantine: Quarantine | None, lineno: int, error: str, line: str) -> None:
+def reject(
+    stats: ReadStats, quarantine: Quarantine | None, lineno: int, error: str, line: str
+) -> None:
     """Count a bad line, remember the first few errors, and copy the line to the quarantine."""
     stats.bad += 1
     if len(stats.first_errors) < 5:
@@ -198,8 +214,14 @@ def check_bad_fraction(stats: ReadStats, max_bad_fraction: float) -> None:
         )
 
 
-def read_records(path: str | Path, cls: type[R], *, quarantine: Quarantine | None = None,
-                 max_bad_fraction: float = 0.0, stats: ReadStats | None = None) -> Iterator[R]:
+def read_records(
+    path: str | Path,
+    cls: type[R],
+    *,
+    quarantine: Quarantine | None = None,
+    max_bad_fraction: float = 0.0,
+    stats: ReadStats | None = None,
+) -> Iterator[R]:
     """Stream records of type `cls` from a JSONL(.gz) file, validating each line."""
     stats = stats if stats is not None else ReadStats(str(path))
     for lineno, obj in iter_json_lines(path, stats, quarantine, max_bad_fraction):

@@ -9,7 +9,9 @@ from humpback_ds.config import ConfigError, SegmentConfig, TrainConfig, build, p
 
 
 def test_defaults_are_the_papers():
-    cfg = build(TrainConfig, overrides={"task": "seed", "base_model": "b", "data": "d", "output_dir": "o"})
+    cfg = build(
+        TrainConfig, overrides={"task": "seed", "base_model": "b", "data": "d", "output_dir": "o"}
+    )
     assert (cfg.lr, cfg.final_lr, cfg.weight_decay, cfg.dropout) == (1e-5, 9e-6, 0.1, 0.1)
     assert (cfg.adam_beta1, cfg.adam_beta2) == (0.9, 0.95)
     seg = build(SegmentConfig, overrides={"input": ["x"], "output": "y"})
@@ -31,7 +33,10 @@ def test_list_and_bool_overrides():
     out = parse_overrides(SegmentConfig, ["--input", "a", "b", "c", "--output=o"])
     assert out == {"input": ["a", "b", "c"], "output": "o"}
     out = parse_overrides(TrainConfig, ["--packing", "false", "--seed", "3"])
-    cfg = build(TrainConfig, overrides={**out, "task": "seed", "base_model": "b", "data": "d", "output_dir": "o"})
+    cfg = build(
+        TrainConfig,
+        overrides={**out, "task": "seed", "base_model": "b", "data": "d", "output_dir": "o"},
+    )
     assert cfg.packing is False and cfg.seed == 3
 
 
@@ -42,7 +47,7 @@ def test_unknown_key_lists_valid_ones_and_suggests(tmp_path):
     assert "unknown key 'min_char'" in msg and "Did you mean 'min_chars'?" in msg
     assert "Valid keys:" in msg and "max_chars" in msg
     run = tmp_path / "run.toml"
-    run.write_text('[segment]\nbogus = 1\n')
+    run.write_text("[segment]\nbogus = 1\n")
     with pytest.raises(ConfigError, match=r"run.toml: unknown key 'bogus'"):
         cli.parse("segment", ["--config", str(run), "--input", "x", "--output", "y"])
 
@@ -63,7 +68,9 @@ def test_bad_values_name_the_field(argv, message):
 
 
 def test_missing_required_fields_say_how_to_pass_them():
-    with pytest.raises(ConfigError, match=r"missing required field\(s\) \['output'\]; pass --output"):
+    with pytest.raises(
+        ConfigError, match=r"missing required field\(s\) \['output'\]; pass --output"
+    ):
         cli.parse("segment", ["--input", "x"])
 
 
@@ -84,4 +91,8 @@ def test_cli_exit_codes_and_help(capsys):
     assert cli.main(["nope"]) == 2
     # the deepspeed launcher's injected --local_rank is accepted and ignored
     assert cli._strip_local_rank(["--local_rank=1", "train", "--x", "1"]) == ["train", "--x", "1"]
-    assert cli._strip_local_rank(["train", "--local_rank", "0", "--x", "1"]) == ["train", "--x", "1"]
+    assert cli._strip_local_rank(["train", "--local_rank", "0", "--x", "1"]) == [
+        "train",
+        "--x",
+        "1",
+    ]

@@ -52,9 +52,10 @@ def test_prompt_text_is_exactly_methods():
     backward = _method_block("[INST] Below is a candidate answer")
     assert prompts.backward_prompt("<response>") == backward
     curation = _method_block("Below is an instruction from an user")
-    assert prompts.CURATION_TEMPLATE.format(
-        instruction="<generated instruction>", output="<output>"
-    ) == curation
+    assert (
+        prompts.CURATION_TEMPLATE.format(instruction="<generated instruction>", output="<output>")
+        == curation
+    )
 
 
 def test_prompt_text_fingerprint():
@@ -63,8 +64,14 @@ def test_prompt_text_fingerprint():
     assert "It provide a complete" in prompts.CURATION_TEMPLATE
     assert prompts.CURATION_TEMPLATE.count("\n") == 10
     # sha256 of the texts verified against METHOD.md by test_prompt_text_is_exactly_methods
-    assert _sha(prompts.CURATION_TEMPLATE) == "058f7b8bc82302b435665739d90b90086e34278c2f265d3f35056574d3559f43"
-    assert _sha(prompts.BACKWARD_TEMPLATE) == "6ae4d6eda5e627e6d7b971bc3aab68cc510865a7805fb6c0b410311164370b8d"
+    assert (
+        _sha(prompts.CURATION_TEMPLATE)
+        == "058f7b8bc82302b435665739d90b90086e34278c2f265d3f35056574d3559f43"
+    )
+    assert (
+        _sha(prompts.BACKWARD_TEMPLATE)
+        == "6ae4d6eda5e627e6d7b971bc3aab68cc510865a7805fb6c0b410311164370b8d"
+    )
 
 
 def _sha(text: str) -> str:

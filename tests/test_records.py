@@ -27,7 +27,9 @@ def _write_lines(path, lines):
 
 
 def test_round_trip_and_gzip(tmp_path):
-    pairs = [Pair(id=str(i), instruction=f"q{i} é", output=f"a{i} 日本", meta={"k": i}) for i in range(3)]
+    pairs = [
+        Pair(id=str(i), instruction=f"q{i} é", output=f"a{i} 日本", meta={"k": i}) for i in range(3)
+    ]
     out = tmp_path / "pairs.jsonl"
     assert write_records(out, pairs) == 3
     assert load_records(out, Pair) == pairs
@@ -38,15 +40,18 @@ def test_round_trip_and_gzip(tmp_path):
 
 def test_bad_lines_are_quarantined_with_file_and_line(tmp_path):
     src = tmp_path / "in.jsonl"
-    _write_lines(src, [
-        json.dumps(GOOD),
-        "{not json",
-        json.dumps({"id": "b", "instruction": "x"}),  # missing output
-        json.dumps({**GOOD, "id": "c", "output": 5}),  # wrong type
-        json.dumps({**GOOD, "id": "d", "colour": "red"}),  # unknown field
-        "",
-        json.dumps({**GOOD, "id": "e"}),
-    ])
+    _write_lines(
+        src,
+        [
+            json.dumps(GOOD),
+            "{not json",
+            json.dumps({"id": "b", "instruction": "x"}),  # missing output
+            json.dumps({**GOOD, "id": "c", "output": 5}),  # wrong type
+            json.dumps({**GOOD, "id": "d", "colour": "red"}),  # unknown field
+            "",
+            json.dumps({**GOOD, "id": "e"}),
+        ],
+    )
     q = Quarantine(tmp_path / "out.quarantine.jsonl")
     stats = ReadStats(str(src))
     got = load_records(src, Pair, quarantine=q, max_bad_fraction=1.0, stats=stats)
@@ -81,13 +86,36 @@ def test_missing_file_is_a_data_error(tmp_path):
 def test_optional_and_float_fields():
     from humpback_ds.records import from_dict
 
-    s = from_dict(Scored, {"id": "1", "segment_id": "s", "instruction": "i", "output": "o",
-                           "mode": "logprob", "model": "m", "score": 4, "parsed": True,
-                           "probs": [0.1, 0.1, 0.1, 0.6, 0.1], "expected": None})
+    s = from_dict(
+        Scored,
+        {
+            "id": "1",
+            "segment_id": "s",
+            "instruction": "i",
+            "output": "o",
+            "mode": "logprob",
+            "model": "m",
+            "score": 4,
+            "parsed": True,
+            "probs": [0.1, 0.1, 0.1, 0.6, 0.1],
+            "expected": None,
+        },
+    )
     assert s.score == 4 and s.expected is None
     with pytest.raises(ValueError, match="field 'parsed' must be bool"):
-        from_dict(Scored, {"id": "1", "segment_id": "s", "instruction": "i", "output": "o",
-                           "mode": "m", "model": "m", "score": None, "parsed": 1})
+        from_dict(
+            Scored,
+            {
+                "id": "1",
+                "segment_id": "s",
+                "instruction": "i",
+                "output": "o",
+                "mode": "m",
+                "model": "m",
+                "score": None,
+                "parsed": 1,
+            },
+        )
 
 
 def test_atomic_writer_leaves_nothing_on_error(tmp_path):
@@ -123,3 +151,23 @@ def test_manifest(tmp_path):
     d = tmp_path / "model"
     d.mkdir()
     assert manifest_path(d) == d / "manifest.json"
+
+
+def test_non_utf8_lines_are_quarantined_and_corrupt_gzip_is_an_error(tmp_path):
+    latin = tmp_path / "latin.jsonl"
+    good = b'{"id": "a", "instruction": "x", "output": "y"}\n'
+    latin.write_bytes(good + b'{"id": "caf\xe9"}\n' + good.replace(b'"a"', b'"b"'))
+    stats = ReadStats(str(latin))
+    q = Quarantine(tmp_path / "q.jsonl")
+    got = load_records(latin, Pair, quarantine=q, max_bad_fraction=1.0, stats=stats)
+    q.close()
+    assert [p.id for p in got] == ["a", "b"]
+    (bad,) = [json.loads(x) for x in (tmp_path / "q.jsonl").read_text().splitlines()]
+    assert bad["line"] == 2 and bad["error"].startswith("not UTF-8 at byte 11")
+    assert bad["text"] == '{"id": "caf\ufffd"}'
+    with pytest.raises(DataError, match=r"latin.jsonl:2: not UTF-8"):
+        load_records(latin, Pair)
+    gz = tmp_path / "broken.jsonl.gz"
+    gz.write_bytes(gzip.compress(good * 1000)[:200])
+    with pytest.raises(DataError, match="broken.jsonl.gz: cannot be read after line"):
+        load_records(gz, Pair)

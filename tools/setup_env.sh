@@ -29,9 +29,19 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$venv/bin/python"
   exit 0
 fi
 
-echo "setting up $venv (torch: $TORCH_SPEC)" >&2
+echo "setting up $venv (torch: $TORCH_SPEC) ..." >&2
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
-"$venv/bin/python" -m pip install -q --upgrade pip
-"$venv/bin/python" -m pip install -q "$TORCH_SPEC"
-"$venv/bin/python" -m pip install -q -e "$root[dev]"
+log="$venv/setup.log"
+: > "$log"
+pip_install() {
+  if ! "$venv/bin/python" -m pip install -q "$@" >>"$log" 2>&1; then
+    tail -n 40 "$log" >&2
+    echo "error: pip install $* failed (full log: $log)" >&2
+    exit 1
+  fi
+}
+pip_install --upgrade pip
+pip_install "$TORCH_SPEC"
+pip_install -e "${root}[dev]"
 echo "$want" > "$stamp"
+echo "environment ready: $venv" >&2

@@ -1,0 +1,483 @@
+"""One iteration, and the whole run, as straight-line stage calls over one run directory.
+
+`plan` turns a run file into the ordered list of steps (METHOD.md 'The loop'); `execute` runs a
+step unless it is already done. A step's provenance (its resolved config and the content hashes of
+its inputs) is written to `<output>.step.json`: a re-run with the same provenance is skipped; a
+changed one is refused with what changed, unless `--force`, which clears the step's old outputs and
+re-runs it (and so, through their changed inputs, exactly the steps downstream of it).
+
+Distributed stages (training, generation) run as a subprocess under launchers/launch.sh, the same
+script a user or slurm/*.sh calls; the others run in this process.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from humpback_ds import config as C
+from humpback_ds import console
+from humpback_ds.layout import RunLayout
+from humpback_ds.manifest import content_hash, manifest_path, read_manifest
+from humpback_ds.records import write_json
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN_FILE_COPY = "run.toml"  # the run file, copied into the run directory (status reads it)
+DISTRIBUTED = {"train", "augment", "curate", "answer", "judge"}
+# Fields the pipeline fills from the run layout; a stage table must not set them.
+_PATH_FIELDS = {
+    "input",
+    "output",
+    "output_dir",
+    "data",
+    "base_model",
+    "model",
+    "segments",
+    "candidates",
+    "scored",
+    "seed_data",
+    "prompts",
+    "outputs",
+    "reference",
+    "run_dir",
+    "task",
+}
+
+
+class StageChanged(C.ConfigError):
+    """A finished or started step whose config or inputs changed since it ran."""
+
+
+@dataclass
+class Step:
+    name: str
+    stage: str  # a humpback_ds.cli stage
+    cfg: Any
+    output: Path
+    inputs: list[Path] = field(default_factory=list)
+
+    @property
+    def record(self) -> Path:
+        return self.output.with_name(self.output.name + ".step.json")
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {
+            "config": json.loads(json.dumps(C.to_dict(self.cfg), default=str)),
+            "inputs": {str(p): content_hash(p) for p in self.inputs},
+        }
+
+
+def _stage_cfg(stage: str, table: dict[str, Any], paths: dict[str, Any], where: str) -> Any:
+    owned = sorted(set(table) & _PATH_FIELDS)
+    if owned:
+        raise C.ConfigError(
+            f"{where}: {owned} are set by the pipeline from the run layout; remove them"
+        )
+    from humpback_ds.cli import STAGES
+
+    return C.build(STAGES[stage][2], toml_table=table, overrides=paths, toml_path=where)
+
+
+def _train_table(tables: dict[str, Any], task: str) -> dict[str, Any]:
+    common = {k: v for k, v in tables.get("train", {}).items() if not isinstance(v, dict)}
+    return {**common, **tables.get("train", {}).get(task, {})}
+
+
+def base_model_dir(run: C.RunConfig) -> Path:
+    return (
+        RunLayout(run.run_dir).root / "models" / "base"
+        if run.base_model == "tiny"
+        else Path(run.base_model)
+    )
+
+
+def iteration_steps(run: C.RunConfig, tables: dict[str, Any], t: int, where: str) -> list[Step]:
+    """curate the candidate pool with m{t-1} -> select -> train m{t} from the BASE model."""
+    lay, base = RunLayout(run.run_dir), base_model_dir(run)
+    curate = _stage_cfg(
+        "curate",
+        tables.get("curate", {}),
+        {
+            "model": str(lay.model(t - 1)),
+            "candidates": str(lay.candidates),
+            "output": str(lay.scored(t)),
+        },
+        where,
+    )
+    select = _stage_cfg(
+        "select",
+        tables.get("select", {}),
+        {
+            "scored": str(lay.scored(t)),
+            "seed_data": str(lay.seed_data),
+            "output": str(lay.selected(t)),
+        },
+        where,
+    )
+    train = _stage_cfg(
+        "train",
+        _train_table(tables, "iteration"),
+        {
+            "task": "iteration",
+            "base_model": str(base),
+            "data": str(lay.selected(t)),
+            "output_dir": str(lay.model(t)),
+        },
+        where,
+    )
+    return [
+        Step(f"curate{t}", "curate", curate, lay.scored(t), [lay.model(t - 1), lay.candidates]),
+        Step(f"select{t}", "select", select, lay.selected(t), [lay.scored(t), lay.seed_data]),
+        Step(f"m{t}", "train", train, lay.model(t), [base, lay.selected(t)]),
+    ]
+
+
+def plan(run: C.RunConfig, tables: dict[str, Any], where: str = "run file") -> list[Step]:
+    """Every step of a whole run, in order (DESIGN.md 'Data flow')."""
+    lay, base = RunLayout(run.run_dir), base_model_dir(run)
+    steps: list[Step] = []
+    if run.base_model == "tiny":
+        tiny = C.build(
+            C.TinyModelConfig,
+            toml_table=tables.get("tiny_model", {}),
+            overrides={"output_dir": str(base)},
+            toml_path=where,
+        )
+        steps.append(Step("base", "tiny-model", tiny, base))
+    seed = _stage_cfg(
+        "seed",
+        tables.get("seed", {}),
+        {"input": run.seed_input, "output": str(lay.seed_data)},
+        where,
+    )
+    segment = _stage_cfg(
+        "segment",
+        tables.get("segment", {}),
+        {"input": run.web_input, "output": str(lay.segments)},
+        where,
+    )
+    backward = _stage_cfg(
+        "train",
+        _train_table(tables, "backward"),
+        {
+            "task": "backward",
+            "base_model": str(base),
+            "data": str(lay.seed_data),
+            "output_dir": str(lay.backward_model),
+        },
+        where,
+    )
+    augment = _stage_cfg(
+        "augment",
+        tables.get("augment", {}),
+        {
+            "model": str(lay.backward_model),
+            "segments": str(lay.segments),
+            "output": str(lay.candidates),
+        },
+        where,
+    )
+    m0 = _stage_cfg(
+        "train",
+        _train_table(tables, "seed"),
+        {
+            "task": "seed",
+            "base_model": str(base),
+            "data": str(lay.seed_data),
+            "output_dir": str(lay.model(0)),
+        },
+        where,
+    )
+    steps += [
+        Step("seed", "seed", seed, lay.seed_data, [Path(run.seed_input)]),
+        Step("segment", "segment", segment, lay.segments, [Path(p) for p in run.web_input]),
+        Step("backward", "train", backward, lay.backward_model, [base, lay.seed_data]),
+        Step("augment", "augment", augment, lay.candidates, [lay.backward_model, lay.segments]),
+        Step("m0", "train", m0, lay.model(0), [base, lay.seed_data]),
+    ]
+    for t in range(1, run.iterations + 1):
+        steps += iteration_steps(run, tables, t, where)
+    if run.eval_prompts:
+        steps += eval_steps(run, tables, where)
+    return steps
+
+
+def eval_steps(run: C.RunConfig, tables: dict[str, Any], where: str) -> list[Step]:
+    """Answers of m0 and the last model, the pairwise judgement, and the report."""
+    lay, last = RunLayout(run.run_dir), run.iterations
+    steps = []
+    for t in sorted({0, last}):
+        cfg = _stage_cfg(
+            "answer",
+            tables.get("answer", {}),
+            {
+                "model": str(lay.model(t)),
+                "prompts": run.eval_prompts,
+                "output": str(lay.eval_outputs(t)),
+            },
+            where,
+        )
+        steps.append(
+            Step(
+                f"answer_m{t}",
+                "answer",
+                cfg,
+                lay.eval_outputs(t),
+                [lay.model(t), Path(run.eval_prompts)],
+            )
+        )
+    if last > 0:
+        judge_model = Path(run.judge_model) if run.judge_model else lay.model(last)
+        cfg = _stage_cfg(
+            "judge",
+            tables.get("judge", {}),
+            {
+                "model": str(judge_model),
+                "outputs": str(lay.eval_outputs(last)),
+                "reference": str(lay.eval_outputs(0)),
+                "output": str(lay.judgement(last, 0)),
+            },
+            where,
+        )
+        steps.append(
+            Step(
+                f"judge_m{last}_vs_m0",
+                "judge",
+                cfg,
+                lay.judgement(last, 0),
+                [judge_model, lay.eval_outputs(last), lay.eval_outputs(0)],
+            )
+        )
+    return steps
+
+
+# ------------------------------------------------------------------------------------------------
+# Executing steps
+# ------------------------------------------------------------------------------------------------
+
+
+def _diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    changes = []
+    for key in sorted(set(old.get("config", {})) | set(new["config"])):
+        a, b = old.get("config", {}).get(key), new["config"].get(key)
+        if a != b:
+            changes.append(f"config {key}: {a!r} -> {b!r}")
+    for path in sorted(set(old.get("inputs", {})) | set(new["inputs"])):
+        if old.get("inputs", {}).get(path) != new["inputs"].get(path):
+            changes.append(f"input {path} changed")
+    return changes
+
+
+def state(step: Step) -> tuple[str, list[str]]:
+    """('done' | 'changed' | 'running' | 'pending', what changed)."""
+    if not step.record.is_file():
+        return "pending", []
+    old = json.loads(step.record.read_text(encoding="utf-8"))
+    changes = _diff(old, step.fingerprint())
+    if changes:
+        return "changed", changes
+    if manifest_path(step.output).is_file() and old.get("state") == "done":
+        return "done", []
+    return "running", []  # started with this provenance, not finished: resume it
+
+
+def clear(step: Step) -> None:
+    """Remove a step's outputs before a forced re-run (stale checkpoints or part files would resume)."""
+    out = step.output
+    for path in (
+        out,
+        manifest_path(out),
+        out.with_name(out.name + ".parts"),
+        out.with_name(out.name + ".quarantine.jsonl"),
+    ):
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return json.dumps(str(v))  # a JSON string is a valid TOML basic string
+
+
+def launch(step: Step, run: C.RunConfig) -> None:
+    """Run a stage: in this process, or under launchers/launch.sh for distributed stages."""
+    if step.stage not in DISTRIBUTED:
+        from humpback_ds.cli import STAGES
+
+        module, func, _, _ = STAGES[step.stage]
+        getattr(importlib.import_module(module), func)(step.cfg)
+        return
+    table = step.stage.replace("-", "_")
+    run_file = step.output.with_name(step.output.name + ".step.toml")
+    run_file.parent.mkdir(parents=True, exist_ok=True)
+    body = "\n".join(f"{k} = {_toml_value(v)}" for k, v in C.to_dict(step.cfg).items())
+    run_file.write_text(f"[{table}]\n{body}\n", encoding="utf-8")
+    env = dict(os.environ)
+    if run.nproc:
+        env["NPROC"] = str(run.nproc)
+    cmd = ["bash", str(ROOT / "launchers" / "launch.sh"), step.stage, "--config", str(run_file)]
+    console.console.print(f"[bold]{step.name}[/]: {' '.join(cmd)}")
+    result = subprocess.run(cmd, env=env, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"step {step.name} ({step.stage}) failed with exit code {result.returncode}; "
+            f"fix the error above and re-run: finished steps are skipped"
+        )
+
+
+def execute(step: Step, run: C.RunConfig, *, force: bool = False) -> str:
+    """Run one step unless done; returns 'skipped' or 'ran'."""
+    status, changes = state(step)
+    if status == "done":
+        return "skipped"
+    if status == "changed":
+        if not force:
+            raise StageChanged(
+                f"step '{step.name}' ({step.output}) ran with other settings:\n  "
+                + "\n  ".join(changes)
+                + "\nRe-run with --force to redo it and the steps downstream, or restore the old value."
+            )
+        clear(step)
+    write_json(step.record, {"state": "running", **step.fingerprint()})
+    launch(step, run)
+    if not manifest_path(step.output).is_file():
+        raise RuntimeError(
+            f"step {step.name} finished without writing {manifest_path(step.output)}"
+        )
+    write_json(step.record, {"state": "done", **step.fingerprint()})
+    return "ran"
+
+
+def run_steps(
+    steps: list[Step], run: C.RunConfig, *, force: bool = False, title: str = "run"
+) -> list[tuple]:
+    rows = []
+    for step in steps:
+        start = time.time()
+        outcome = execute(step, run, force=force)
+        m = read_manifest(step.output) or {}
+        written = m.get("counts", {}).get("written", "")
+        rows.append((step.name, outcome, written, f"{time.time() - start:.1f}", str(step.output)))
+    console.show(
+        console.summary_table(title, rows, ("step", "this call", "written", "wall s", "output"))
+    )
+    if all(r[1] == "skipped" for r in rows):
+        console.console.print(f"nothing to do: all {len(rows)} steps of {title} are already done")
+    return rows
+
+
+def status_rows(steps: list[Step]) -> list[tuple]:
+    rows = []
+    for step in steps:
+        st, changes = state(step)
+        m = read_manifest(step.output) or {}
+        detail = "; ".join(changes)[:80] if changes else ""
+        rows.append(
+            (
+                step.name,
+                st,
+                m.get("counts", {}).get("written", ""),
+                m.get("wall_time_s", ""),
+                detail,
+            )
+        )
+    return rows
+
+
+def _parse_args(command: str, argv: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """Pipeline options (--config, --iteration, --force); the rest are [run] overrides."""
+    opts: dict[str, Any] = {"config": "", "iteration": 0, "force": False}
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        key, eq, value = argv[i][2:].partition("=") if argv[i].startswith("--") else ("", "", "")
+        if key == "force":
+            opts["force"] = True
+        elif key in ("config", "iteration"):
+            if not eq:
+                i += 1
+                value = argv[i] if i < len(argv) else ""
+            opts[key] = value
+        else:
+            rest.append(argv[i])
+        i += 1
+    try:
+        opts["iteration"] = int(opts["iteration"])
+    except ValueError:
+        raise C.ConfigError(f"{command}: --iteration must be an integer") from None
+    return opts, rest
+
+
+def main(command: str, argv: list[str]) -> int:
+    """`run --config RUN.toml [--force] [--<run field>=value ...]`,
+    `iterate --config RUN.toml --iteration T [--force]`, `status --run_dir DIR` (or --config)."""
+    opts, rest = _parse_args(command, argv)
+    overrides = C.parse_overrides(C.RunConfig, rest)
+    if not opts["config"] and "run_dir" in overrides:
+        opts["config"] = str(Path(overrides["run_dir"]) / RUN_FILE_COPY)
+        if not Path(opts["config"]).is_file():
+            raise C.ConfigError(
+                f"{overrides['run_dir']}: no {RUN_FILE_COPY}; was it made by "
+                "`humpback-ds run`? Pass --config RUN.toml instead"
+            )
+    if not opts["config"]:
+        raise C.ConfigError(f"{command}: --config RUN.toml is required")
+    tables = C.load_toml(opts["config"])
+    if "run" not in tables:
+        raise C.ConfigError(f"{opts['config']}: no [run] table; see launchers/demo.toml")
+    run = C.build(
+        C.RunConfig, toml_table=tables["run"], overrides=overrides, toml_path=opts["config"]
+    )
+    tables["run"] = C.to_dict(run)
+    steps = plan(run, tables, where=opts["config"])
+    if command == "status":
+        rows = status_rows(steps)
+        console.show(
+            console.summary_table(
+                f"status of {run.run_dir}", rows, ("step", "state", "written", "wall s", "changes")
+            )
+        )
+        return 0
+    _save_run_file(run, tables)
+    if command == "iterate":
+        t = opts["iteration"]
+        if not 1 <= t <= max(run.iterations, 1):
+            raise C.ConfigError(f"--iteration must be in 1..{run.iterations}, got {t}")
+        steps = iteration_steps(run, tables, t, opts["config"])
+    run_steps(steps, run, force=opts["force"], title=f"{command} {run.run_dir}")
+    return 0
+
+
+def _save_run_file(run: C.RunConfig, tables: dict[str, Any]) -> None:
+    """Keep the resolved run file in the run directory: `status --run_dir` plans from it."""
+    lines = []
+    for name, table in tables.items():
+        lines.append(f"[{name}]")
+        nested = {k: v for k, v in table.items() if isinstance(v, dict)}
+        lines += [f"{k} = {_toml_value(v)}" for k, v in table.items() if k not in nested]
+        for sub, subtable in nested.items():
+            lines.append(f"[{name}.{sub}]")
+            lines += [f"{k} = {_toml_value(v)}" for k, v in subtable.items()]
+        lines.append("")
+    path = Path(run.run_dir) / RUN_FILE_COPY
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines), encoding="utf-8")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main(sys.argv[1], sys.argv[2:]))

@@ -1,0 +1,1 @@
+"""Method stages: each is `run(cfg) -> output path`, one per command of the humpback-ds CLI."""
