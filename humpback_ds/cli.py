@@ -148,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
         except (C.ConfigError, DataError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
+        except pipeline.Preempted as e:
+            print(f"stopped: {e}", file=sys.stderr)
+            return pipeline.EXIT_PREEMPTED
     if stage not in STAGES:
         print(f"error: unknown stage '{stage}'\n\n{_usage()}", file=sys.stderr)
         return 2

@@ -26,12 +26,20 @@ class RunLayout:
         return self.root / "data" / "candidates.jsonl"
 
     @property
+    def models_dir(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.root / "eval"
+
+    @property
     def backward_model(self) -> Path:
-        return self.root / "models" / "backward"
+        return self.models_dir / "backward"
 
     def model(self, t: int) -> Path:
         """m0 is the seed model; m{t} for t >= 1 is iteration t's model."""
-        return self.root / "models" / f"m{t}"
+        return self.models_dir / f"m{t}"
 
     def scored(self, t: int) -> Path:
         return self.root / f"iter{t}" / "scored.jsonl"
@@ -40,10 +48,10 @@ class RunLayout:
         return self.root / f"iter{t}" / "train.jsonl"
 
     def eval_outputs(self, t: int) -> Path:
-        return self.root / "eval" / f"m{t}" / "outputs.json"
+        return self.eval_dir / f"m{t}" / "outputs.json"
 
     def judgement(self, a: int, b: int) -> Path:
-        return self.root / "eval" / f"m{a}_vs_m{b}.jsonl"
+        return self.eval_dir / f"m{a}_vs_m{b}.jsonl"
 
     @property
     def report(self) -> Path:

@@ -16,6 +16,7 @@ import importlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -52,6 +53,16 @@ _PATH_FIELDS = {
 }
 
 
+# Settings that do not change a step's result: they are left out of its fingerprint.
+OPERATIONAL = {"stop_file", "num_workers", "log_every", "save_every", "max_bad_fraction"}
+# Exit code of a stage that checkpointed and stopped on request (trainer.EXIT_PREEMPTED, EX_TEMPFAIL).
+EXIT_PREEMPTED = 75
+
+
+class Preempted(RuntimeError):
+    """A step stopped on a pre-emption request after saving its state; re-running resumes it."""
+
+
 class StageChanged(C.ConfigError):
     """A finished or started step whose config or inputs changed since it ran."""
 
@@ -69,8 +80,9 @@ class Step:
         return self.output.with_name(self.output.name + ".step.json")
 
     def fingerprint(self) -> dict[str, Any]:
+        resolved = {k: v for k, v in C.to_dict(self.cfg).items() if k not in OPERATIONAL}
         return {
-            "config": json.loads(json.dumps(C.to_dict(self.cfg), default=str)),
+            "config": json.loads(json.dumps(resolved, default=str)),
             "inputs": {str(p): content_hash(p) for p in self.inputs},
         }
 
@@ -256,6 +268,19 @@ def eval_steps(run: C.RunConfig, tables: dict[str, Any], where: str) -> list[Ste
                 [judge_model, lay.eval_outputs(last), lay.eval_outputs(0)],
             )
         )
+    report = C.build(
+        C.ReportConfig,
+        toml_table=tables.get("report", {}),
+        overrides={"run_dir": run.run_dir},
+        toml_path=where,
+    )
+    watched = [
+        lay.seed_data,
+        lay.candidates,
+        *[lay.selected(t) for t in range(1, last + 1)],
+        *[s.output for s in steps],
+    ]
+    steps.append(Step("report", "report", report, lay.report, watched))
     return steps
 
 
@@ -314,6 +339,46 @@ def _toml_value(v: Any) -> str:
     return json.dumps(str(v))  # a JSON string is a valid TOML basic string
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch_command(stage: str, args: list[str], run: C.RunConfig, port: str) -> list[str]:
+    """launchers/launch.sh on this node, or under Slurm (HUMPBACK_LAUNCHER=srun) one srun task per
+    node of the job, each starting launch.sh for its node; the first node is the rendezvous."""
+    launch_sh = str(ROOT / "launchers" / "launch.sh")
+    if os.environ.get("HUMPBACK_LAUNCHER", "local") != "srun":
+        return ["bash", launch_sh, stage, *args]
+    nnodes = os.environ.get("SLURM_JOB_NUM_NODES", str(run.nnodes))
+    nodes = subprocess.run(
+        ["scontrol", "show", "hostnames", os.environ["SLURM_JOB_NODELIST"]],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    per_node = (
+        'exec bash "$0" --no_ssh --node_rank "$SLURM_NODEID" --nnodes "$1" '
+        '--master_addr "$2" --master_port "$3" -- "${@:4}"'
+    )
+    return [
+        "srun",
+        f"--nodes={nnodes}",
+        "--ntasks-per-node=1",
+        "--kill-on-bad-exit=1",
+        "bash",
+        "-c",
+        per_node,
+        launch_sh,
+        nnodes,
+        nodes[0],
+        port,
+        stage,
+        *args,
+    ]
+
+
 def launch(step: Step, run: C.RunConfig) -> None:
     """Run a stage: in this process, or under launchers/launch.sh for distributed stages."""
     if step.stage not in DISTRIBUTED:
@@ -325,14 +390,21 @@ def launch(step: Step, run: C.RunConfig) -> None:
     table = step.stage.replace("-", "_")
     run_file = step.output.with_name(step.output.name + ".step.toml")
     run_file.parent.mkdir(parents=True, exist_ok=True)
-    body = "\n".join(f"{k} = {_toml_value(v)}" for k, v in C.to_dict(step.cfg).items())
+    values = C.to_dict(step.cfg)
+    stop_file = os.environ.get("HUMPBACK_STOP_FILE", "")
+    if "stop_file" in values and stop_file:
+        values["stop_file"] = stop_file  # slurm/*.sh creates it on USR1 (pre-emption)
+    body = "\n".join(f"{k} = {_toml_value(v)}" for k, v in values.items())
     run_file.write_text(f"[{table}]\n{body}\n", encoding="utf-8")
     env = dict(os.environ)
     if run.nproc:
         env["NPROC"] = str(run.nproc)
-    cmd = ["bash", str(ROOT / "launchers" / "launch.sh"), step.stage, "--config", str(run_file)]
+    env.setdefault("MASTER_PORT", str(_free_port()))
+    cmd = launch_command(step.stage, ["--config", str(run_file)], run, env["MASTER_PORT"])
     console.console.print(f"[bold]{step.name}[/]: {' '.join(cmd)}")
     result = subprocess.run(cmd, env=env, check=False)
+    if result.returncode == EXIT_PREEMPTED:
+        raise Preempted(f"step {step.name} checkpointed and stopped on request; re-run to resume")
     if result.returncode != 0:
         raise RuntimeError(
             f"step {step.name} ({step.stage}) failed with exit code {result.returncode}; "
@@ -401,14 +473,21 @@ def status_rows(steps: list[Step]) -> list[tuple]:
 
 def _parse_args(command: str, argv: list[str]) -> tuple[dict[str, Any], list[str]]:
     """Pipeline options (--config, --iteration, --force); the rest are [run] overrides."""
-    opts: dict[str, Any] = {"config": "", "iteration": 0, "force": False}
+    opts: dict[str, Any] = {
+        "config": "",
+        "iteration": 0,
+        "force": False,
+        "steps": "",
+        "from": "",
+        "until": "",
+    }
     rest: list[str] = []
     i = 0
     while i < len(argv):
         key, eq, value = argv[i][2:].partition("=") if argv[i].startswith("--") else ("", "", "")
         if key == "force":
             opts["force"] = True
-        elif key in ("config", "iteration"):
+        elif key in ("config", "iteration", "steps", "from", "until"):
             if not eq:
                 i += 1
                 value = argv[i] if i < len(argv) else ""
@@ -424,7 +503,7 @@ def _parse_args(command: str, argv: list[str]) -> tuple[dict[str, Any], list[str
 
 
 def main(command: str, argv: list[str]) -> int:
-    """`run --config RUN.toml [--force] [--<run field>=value ...]`,
+    """`run --config RUN.toml [--force] [--steps a,b | --from A --until B] [--<run field>=v ...]`,
     `iterate --config RUN.toml --iteration T [--force]`, `status --run_dir DIR` (or --config)."""
     opts, rest = _parse_args(command, argv)
     overrides = C.parse_overrides(C.RunConfig, rest)
@@ -459,8 +538,21 @@ def main(command: str, argv: list[str]) -> int:
         if not 1 <= t <= max(run.iterations, 1):
             raise C.ConfigError(f"--iteration must be in 1..{run.iterations}, got {t}")
         steps = iteration_steps(run, tables, t, opts["config"])
+    steps = select_steps(steps, opts["steps"], opts["from"], opts["until"])
     run_steps(steps, run, force=opts["force"], title=f"{command} {run.run_dir}")
     return 0
+
+
+def select_steps(steps: list[Step], names: str, first: str, last: str) -> list[Step]:
+    """`--steps a,b`, `--from NAME`, `--until NAME` (inclusive): a subset of the plan, in order."""
+    known = [s.name for s in steps]
+    wanted = names.split(",") if names else []
+    unknown = sorted({*wanted, first, last} - {"", *known})
+    if unknown:
+        raise C.ConfigError(f"unknown step(s) {unknown}; this run has {known}")
+    lo = known.index(first) if first else 0
+    hi = known.index(last) if last else len(known) - 1
+    return [s for i, s in enumerate(steps) if lo <= i <= hi and (not wanted or s.name in wanted)]
 
 
 def _save_run_file(run: C.RunConfig, tables: dict[str, Any]) -> None:

@@ -90,6 +90,30 @@ def score_prompt(instruction: str, output: str) -> str:
     return f"{curation_prompt(instruction, output)} {SCORE_PREFIX}"
 
 
+# The local pairwise judge (ours, not the paper's: the paper used GPT-4 through AlpacaEval).
+JUDGE_TEMPLATE = (
+    "Below is an instruction from a user and two candidate answers, (1) and (2). Decide which "
+    "answer responds to the instruction better: more helpful, accurate, complete and clearly "
+    "written. Judge the content, not the length of an answer or the order of the two.\n"
+    "\n"
+    "Instruction:\n{instruction}\n"
+    "\n"
+    "Answer (1):\n{output_1}\n"
+    "\n"
+    "Answer (2):\n{output_2}\n"
+    "\n"
+    'Reply with "Better answer: (1)" or "Better answer: (2)".'
+)
+JUDGE_PREFIX = "Better answer: ("  # logprob mode: the verdict's answer prefix
+JUDGE_CHOICES = ("1", "2")
+
+
+def judge_prompt(instruction: str, output_1: str, output_2: str) -> str:
+    """The judge's question, wrapped for an instruction-following model."""
+    body = JUDGE_TEMPLATE.format(instruction=instruction, output_1=output_1, output_2=output_2)
+    return wrap(body)
+
+
 @dataclass(frozen=True)
 class ScoreParse:
     """A parsed rating: `score` in 1..5, or None with the `reason` it could not be parsed."""

@@ -35,73 +35,34 @@
 # #SBATCH --partition=<partition>
 set -euo pipefail
 
-die() {
-  echo "stage.sh: error: $*" >&2
-  exit 2
-}
-
 case "${1:-}" in
   -h | --help) sed -n '2,/^#SBATCH/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
 esac
-[ -n "${SLURM_JOB_ID:-}" ] || die "submit with sbatch (see the usage block at the top)"
-# sbatch runs a copy of this script from its spool directory: find the project via the submit dir.
-root=${HUMPBACK_ROOT:-$SLURM_SUBMIT_DIR}
-launch=$root/launchers/launch.sh
-[ -f "$launch" ] || die "no $launch: submit from the project root or set HUMPBACK_ROOT"
+# shellcheck source=slurm/common.sh
+source "${HUMPBACK_ROOT:-${SLURM_SUBMIT_DIR:-.}}/slurm/common.sh"
+hb_init
+launch=$hb_root/launchers/launch.sh
+log_dir=$hb_log_dir
 
 if [ $# -eq 0 ]; then
-  [ -n "${HUMPBACK_STAGE:-}" ] || die "no stage: 'sbatch slurm/stage.sh <stage> [args]'"
+  [ -n "${HUMPBACK_STAGE:-}" ] || hb_die "no stage: 'sbatch slurm/stage.sh <stage> [args]'"
   read -ra extra <<<"${HUMPBACK_ARGS:-}"
   set -- "$HUMPBACK_STAGE" "${extra[@]}"
 fi
-
-log_dir=${LOG_DIR:-logs}
-mkdir -p "$log_dir"
-stop_file=${HUMPBACK_STOP_FILE:-$log_dir/stop-$SLURM_JOB_ID}
-[[ $stop_file = /* ]] || stop_file=$PWD/$stop_file  # the same file whatever a rank's cwd
-export HUMPBACK_STOP_FILE=$stop_file
-rm -f "$stop_file"  # a requeued run must not stop at once
 if [ "${HUMPBACK_MODULE:-humpback_ds}" = humpback_ds ] && [ "$1" = train ]; then
-  set -- "$@" "--stop_file=$stop_file"
+  set -- "$@" "--stop_file=$hb_stop_file"
 fi
 
 master_addr=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -1)
 master_port=${MASTER_PORT:-$((20000 + SLURM_JOB_ID % 20000))}
 nnodes=$SLURM_JOB_NUM_NODES
 echo "stage.sh: job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}) on $SLURM_JOB_NODELIST:" \
-  "$*; master $master_addr:$master_port; stop file $stop_file" >&2
-
-stopping=0
-# shellcheck disable=SC2317  # reached through the trap
-on_usr1() {
-  echo "stage.sh: USR1 (time limit or pre-emption near): asking the stage to checkpoint" >&2
-  stopping=1
-  touch "$stop_file"
-}
-trap on_usr1 USR1
+  "$*; master $master_addr:$master_port; stop file $hb_stop_file" >&2
 
 # SLURM_NODEID differs per task, so it is read inside each task, not here.
 # shellcheck disable=SC2016
-srun --nodes="$nnodes" --ntasks-per-node=1 --kill-on-bad-exit=1 \
+hb_run srun --nodes="$nnodes" --ntasks-per-node=1 --kill-on-bad-exit=1 \
   --output="$log_dir/%x-%j-node%n.out" --open-mode=append \
   bash -c 'exec bash "$0" --no_ssh --node_rank "$SLURM_NODEID" --nnodes "$1" \
     --master_addr "$2" --master_port "$3" -- "${@:4}"' \
-  "$launch" "$nnodes" "$master_addr" "$master_port" "$@" &
-srun_pid=$!
-
-# `wait` returns early (status > 128) when the trap runs; keep waiting while srun lives.
-while :; do
-  rc=0
-  wait "$srun_pid" || rc=$?
-  if [ "$rc" -gt 128 ] && kill -0 "$srun_pid" 2>/dev/null; then
-    continue
-  fi
-  break
-done
-echo "stage.sh: stage exited with status $rc" >&2
-
-if [ "$stopping" -eq 1 ] && [ "$rc" -eq 0 ] && [ "${HUMPBACK_REQUEUE:-1}" = 1 ]; then
-  echo "stage.sh: stopped for pre-emption; requeueing job $SLURM_JOB_ID to resume" >&2
-  scontrol requeue "$SLURM_JOB_ID"
-fi
-exit "$rc"
+  "$launch" "$nnodes" "$master_addr" "$master_port" "$@"

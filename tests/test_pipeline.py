@@ -64,6 +64,7 @@ def test_plan_follows_the_method(tmp_path):
         "answer_m0",
         "answer_m2",
         "judge_m2_vs_m0",
+        "report",
     ]
     by = {s.name: s for s in steps}
     lay = RunLayout(tmp_path / "run")
@@ -141,3 +142,22 @@ def test_status_from_the_run_directory(tmp_path, capsys):
     assert cli.main(["status", "--run_dir", run.run_dir]) == 0
     out = capsys.readouterr().err
     assert "done" in out and "pending" in out and "m1" in out
+
+
+def test_step_subsets(tmp_path):
+    tables = C.load_toml(_run_file(tmp_path))
+    run = C.build(C.RunConfig, toml_table=tables["run"])
+    steps = pipeline.plan(run, tables)
+    names = lambda sub: [s.name for s in sub]  # noqa: E731
+    assert names(pipeline.select_steps(steps, "", "", "m0")) == [
+        "base",
+        "seed",
+        "segment",
+        "backward",
+        "augment",
+        "m0",
+    ]
+    assert names(pipeline.select_steps(steps, "", "curate1", "")) == ["curate1", "select1", "m1"]
+    assert names(pipeline.select_steps(steps, "seed,m1", "", "")) == ["seed", "m1"]
+    with pytest.raises(C.ConfigError, match=r"unknown step\(s\) \['m7'\]"):
+        pipeline.select_steps(steps, "", "", "m7")

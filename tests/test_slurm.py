@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -22,7 +21,6 @@ import slurm_cluster
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCH = ROOT / "launchers" / "launch.sh"
 STAGE = ROOT / "slurm" / "stage.sh"
-SCRIPTS = [LAUNCH, STAGE, ROOT / "tools" / "slurm_local.sh"]
 PROBE_ENV = {"NPROC": "1", "HUMPBACK_MODULE": "tests.dist_probe", "DS_ACCELERATOR": "cpu"}
 
 
@@ -53,12 +51,6 @@ def cluster() -> Iterator[list[str]]:
 
 
 # --- without Slurm ---------------------------------------------------------------------------
-
-
-@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")
-def test_scripts_are_shellcheck_clean() -> None:
-    proc = subprocess.run(["shellcheck", *map(str, SCRIPTS)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout
 
 
 @pytest.mark.parametrize(
