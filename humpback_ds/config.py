@@ -79,6 +79,7 @@ class SegmentConfig(DataConfig):
         0.8, "MinHash Jaccard at or above which a segment is a near-duplicate"
     )
     num_perm: int = param(128, "MinHash permutations")
+    shingle_size: int = param(3, "Words per MinHash shingle of the near-duplicate filter")
     repetition_ngram: int = param(3, "Word n-gram size for the repeated-sentence filter")
     repetition_threshold: float = param(
         0.7, "Drop a segment when two of its sentences have n-gram Jaccard above this"

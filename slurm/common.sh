@@ -12,7 +12,7 @@
 # files whatever stopped them. Then the job is requeued and picks up where it stopped.
 
 hb_die() {
-  echo "${0##*/}: error: $*" >&2
+  echo "${hb_name:-${0##*/}}: error: $*" >&2
   exit 2
 }
 
@@ -36,7 +36,7 @@ hb_init() {
 
 # shellcheck disable=SC2317  # reached through the trap
 hb_on_usr1() {
-  echo "${0##*/}: USR1 (time limit or pre-emption near): asking the stage to checkpoint" >&2
+  echo "${hb_name:-${0##*/}}: USR1 (time limit or pre-emption near): asking the stage to checkpoint" >&2
   hb_stopping=1
   touch "$hb_stop_file"
 }
@@ -54,9 +54,9 @@ hb_run() {
     fi
     break
   done
-  echo "${0##*/}: exited with status $rc" >&2
+  echo "${hb_name:-${0##*/}}: exited with status $rc" >&2
   if [ "$hb_stopping" -eq 1 ] && { [ "$rc" -eq 0 ] || [ "$rc" -eq 75 ]; } && [ "${HUMPBACK_REQUEUE:-1}" = 1 ]; then
-    echo "${0##*/}: stopped for pre-emption; requeueing job $SLURM_JOB_ID to resume" >&2
+    echo "${hb_name:-${0##*/}}: stopped for pre-emption; requeueing job $SLURM_JOB_ID to resume" >&2
     scontrol requeue "$SLURM_JOB_ID"
     return 0
   fi

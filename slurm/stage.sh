@@ -38,6 +38,7 @@ set -euo pipefail
 case "${1:-}" in
   -h | --help) sed -n '2,/^#SBATCH/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
 esac
+hb_name=stage.sh  # the prefix of this script's log lines (sbatch runs a copy named slurm_script)
 # shellcheck source=slurm/common.sh
 source "${HUMPBACK_ROOT:-${SLURM_SUBMIT_DIR:-.}}/slurm/common.sh"
 hb_init

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,3 +27,21 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tiny") / "model"
     build_tiny_model(TinyModelConfig(output_dir=str(out)))
     return out
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[list[str]]:
+    """The local cluster; yields a list the tests add their job ids to (cancelled at the end)."""
+    import slurm_cluster
+
+    was_up = slurm_cluster.is_up()
+    if not was_up:
+        try:
+            slurm_cluster.start()
+        except slurm_cluster.ClusterUnavailable as e:
+            pytest.skip(f"local Slurm cluster unavailable: {e}")
+    jobs: list[str] = []
+    yield jobs
+    slurm_cluster.cancel(jobs)
+    if not was_up:
+        slurm_cluster.stop()

@@ -12,7 +12,6 @@ import json
 import os
 import socket
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,22 +31,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def cluster() -> Iterator[list[str]]:
-    """The local cluster; yields a list the tests add their job ids to (cancelled at the end)."""
-    was_up = slurm_cluster.is_up()
-    if not was_up:
-        try:
-            slurm_cluster.start()
-        except slurm_cluster.ClusterUnavailable as e:
-            pytest.skip(f"local Slurm cluster unavailable: {e}")
-    jobs: list[str] = []
-    yield jobs
-    slurm_cluster.cancel(jobs)
-    if not was_up:
-        slurm_cluster.stop()
 
 
 # --- without Slurm ---------------------------------------------------------------------------
