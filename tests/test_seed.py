@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from humpback_ds import cli
+from humpback_ds import cli, oasst
 from humpback_ds.config import ConfigError, SeedConfig
 from humpback_ds.manifest import read_manifest
 from humpback_ds.records import DataError, Pair, load_records
@@ -382,7 +382,7 @@ def test_too_many_bad_lines_and_missing_input_are_data_errors(tmp_path):
 
 def test_field_types():
     row = flat_rows(TRICKY)[1]
-    assert seed.parse_message({**row, "rank": 2.0}).rank == 2
+    assert oasst.parse_message({**row, "rank": 2.0}).rank == 2
     for bad, err in [
         ({"rank": 1.5}, "'rank' must be int"),
         ({"rank": True}, "'rank' must be int"),
@@ -391,7 +391,7 @@ def test_field_types():
         ({"parent_id": 7}, "'parent_id' must be str"),
     ]:
         with pytest.raises(ValueError, match=err):
-            seed.parse_message({**row, **bad})
+            oasst.parse_message({**row, **bad})
 
 
 def test_cli_writes_pairs_and_manifest(tmp_path, capsys):
@@ -455,13 +455,13 @@ def test_shipped_sample_data(tmp_path):
 
 def test_shipped_files_hold_the_same_messages():
     flat = [
-        seed.parse_message(json.loads(line))
+        oasst.parse_message(json.loads(line))
         for line in (OASST / "messages.jsonl").read_text(encoding="utf-8").splitlines()
     ]
     nested = [
         m
         for line in (OASST / "trees.jsonl").read_text(encoding="utf-8").splitlines()
-        for m in seed.tree_messages(json.loads(line))
+        for m in oasst.tree_messages(json.loads(line))
     ]
     assert len(flat) == 111
     assert sorted(flat, key=lambda m: m.id) == sorted(nested, key=lambda m: m.id)

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from humpback_ds import text
+from humpback_ds import markup, text
 
 WORDS = (  # filler vocabulary
     "river stone garden bread window lantern copper meadow harbor violin pepper ladder orchard "
@@ -27,7 +27,7 @@ def prose(seed: int, chars: int) -> str:
 
 
 def pieces(
-    blocks: list[text.Block], lo: int = 600, hi: int = 3000
+    blocks: list[markup.Block], lo: int = 600, hi: int = 3000
 ) -> list[tuple[str, int, str | None]]:
     return [(p.header, len(p.text), p.reason) for p in text.document_pieces(blocks, lo, hi)]
 
@@ -78,7 +78,7 @@ PAGE = """<!DOCTYPE html><html><head><title>T</title><script>var h = "<h2>x</h2>
 
 
 def test_html_chrome_removed_and_content_kept() -> None:
-    blocks, removed = text.html_blocks(PAGE)
+    blocks, removed = markup.html_blocks(PAGE)
     assert blocks == [
         (1, "Bread & Butter"),
         (0, "First paragraph of text."),
@@ -92,15 +92,15 @@ def test_html_chrome_removed_and_content_kept() -> None:
 
 
 def test_html_header_inside_article_is_kept_but_site_header_is_not() -> None:
-    kept, _ = text.html_blocks("<article><header><h1>Title</h1></header><p>Body</p></article>")
-    dropped, removed = text.html_blocks("<header><h1>Site</h1></header><p>Body</p>")
+    kept, _ = markup.html_blocks("<article><header><h1>Title</h1></header><p>Body</p></article>")
+    dropped, removed = markup.html_blocks("<header><h1>Site</h1></header><p>Body</p>")
     assert kept == [(1, "Title"), (0, "Body")]
     assert dropped == [(0, "Body")] and removed == 1
 
 
 def test_nested_chrome_element_of_the_same_tag_ends_at_its_own_close() -> None:
     page = '<div class="menu"><div>a</div><div>b</div></div><div class="content"><p>kept</p></div>'
-    assert text.html_blocks(page) == ([(0, "kept")], 1)
+    assert markup.html_blocks(page) == ([(0, "kept")], 1)
 
 
 # -- Markdown ----------------------------------------------------------------------------------
@@ -108,7 +108,7 @@ def test_nested_chrome_element_of_the_same_tag_ends_at_its_own_close() -> None:
 
 def test_markdown_headers_and_code_fences() -> None:
     doc = "# Title\n\nPara one\nline two.\n\n```bash\n# a comment, not a header\nls\n```\n\n## Sub ##\ntext\n"
-    assert text.markdown_blocks(doc) == [
+    assert markup.markdown_blocks(doc) == [
         (1, "Title"),
         (0, "Para one\nline two."),
         (0, "```bash\n# a comment, not a header\nls\n```"),
@@ -118,12 +118,12 @@ def test_markdown_headers_and_code_fences() -> None:
 
 
 def test_plain_text_title_line_becomes_the_header() -> None:
-    assert text.markdown_blocks("A Short Title\n\nBody text.") == [
+    assert markup.markdown_blocks("A Short Title\n\nBody text.") == [
         (1, "A Short Title"),
         (0, "Body text."),
     ]
     # a first line that is a sentence is not a title: the text stays header-less
-    assert text.markdown_blocks("This is a sentence.\n\nBody.") == [
+    assert markup.markdown_blocks("This is a sentence.\n\nBody.") == [
         (0, "This is a sentence."),
         (0, "Body."),
     ]

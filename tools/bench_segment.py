@@ -29,7 +29,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from humpback_ds import text  # noqa: E402
+from humpback_ds import markup  # noqa: E402
 
 VOCAB = (  # filler vocabulary, split below
     "the of and to in a is that for it as was with be by on not he this are or his from at which "
@@ -184,7 +184,7 @@ def _children_cpu() -> float:
 
 
 class StdlibBlocks(HTMLParser):
-    """text.html_blocks's job (chrome skipping, blocks, headers) on top of html.parser, to compare
+    """markup.html_blocks's job (chrome skipping, blocks, headers) on top of html.parser, to compare
     the two tokenisers fairly; `head` and raw-text elements are dropped the same way."""
 
     def __init__(self) -> None:
@@ -198,7 +198,7 @@ class StdlibBlocks(HTMLParser):
             self.skip += tag == self.skip_tag
             return
         raw = " ".join(f'{k}="{v}"' for k, v in attrs if v)
-        if text._is_chrome(tag, raw, self.articles > 0):
+        if markup._is_chrome(tag, raw, self.articles > 0):
             self.skip_tag, self.skip = tag, 1
             return
         self.articles += tag in ("article", "main")
@@ -212,13 +212,13 @@ class StdlibBlocks(HTMLParser):
         self._boundary(tag, closing=True)
 
     def _boundary(self, tag: str, closing: bool) -> None:
-        if tag in text._HEADINGS or (tag in text._BLOCK and not self.heading):
+        if tag in markup._HEADINGS or (tag in markup._BLOCK and not self.heading):
             words = " ".join("".join(self.parts).split())
             if words or self.heading:
                 self.blocks.append((self.heading, words))
             self.parts = []
-            if tag in text._HEADINGS:
-                self.heading = 0 if closing else text._HEADINGS[tag]
+            if tag in markup._HEADINGS:
+                self.heading = 0 if closing else markup._HEADINGS[tag]
 
     def handle_data(self, data: str) -> None:
         if not self.skip:
@@ -226,8 +226,8 @@ class StdlibBlocks(HTMLParser):
 
 
 def parser_speed(shard: Path, limit_mb: float = 20) -> tuple[float, float, float, float]:
-    """MB/s of text.html_blocks, of html.parser with no-op handlers, and of html.parser doing
-    the same work as text.html_blocks, on the same pages (one process), and the fraction of
+    """MB/s of markup.html_blocks, of html.parser with no-op handlers, and of html.parser doing
+    the same work as markup.html_blocks, on the same pages (one process), and the fraction of
     the HTML that is visible text."""
 
     class Collect(HTMLParser):
@@ -242,17 +242,17 @@ def parser_speed(shard: Path, limit_mb: float = 20) -> tuple[float, float, float
             break
     t = time.process_time()
     for p in pages:
-        text.html_blocks(p)
+        markup.html_blocks(p)
     ours = size / 1e6 / (time.process_time() - t)
     t = time.process_time()
     for p in pages:
-        Collect().feed(text._RAW.sub(" ", p))
+        Collect().feed(markup._RAW.sub(" ", p))
     stdlib = size / 1e6 / (time.process_time() - t)
     t = time.process_time()
     for p in pages:
-        StdlibBlocks().feed(text._RAW.sub(" ", p))
+        StdlibBlocks().feed(markup._RAW.sub(" ", p))
     stdlib_full = size / 1e6 / (time.process_time() - t)
-    visible = sum(len(t) for p in pages[:50] for _, t in text.html_blocks(p)[0])
+    visible = sum(len(t) for p in pages[:50] for _, t in markup.html_blocks(p)[0])
     fraction = visible / sum(len(p) for p in pages[:50])
     return ours, stdlib, stdlib_full, fraction
 
@@ -312,7 +312,7 @@ def report(rows: list[dict], speeds: tuple[float, ...], command: str) -> str:
         "",
         f"Rejected on the largest run: `{json.dumps(rows[-1]['rejected'])}`",
         "",
-        f"HTML tokenisers alone (one process, first 20 MB of shard0, CPU time): text.html_blocks "
+        f"HTML tokenisers alone (one process, first 20 MB of shard0, CPU time): markup.html_blocks "
         f"{speeds[0]:.1f} MB/s; stdlib html.parser doing the same work (chrome skipping, blocks) "
         f"{speeds[2]:.1f} MB/s; html.parser with no-op handlers {speeds[1]:.1f} MB/s.",
         "",

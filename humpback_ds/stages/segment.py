@@ -3,7 +3,7 @@
     humpback-ds segment --input DOCS [DOCS ...] --output data/segments.jsonl
 
 Inputs are HTML / Markdown / text files, directories of them (recursive, sorted), JSONL(.gz) and
-Parquet dumps. The parent process reads documents one at a time and hands batches of them to a
+Parquet dumps (read by documents.py). The parent process reads documents one at a time and hands batches of them to a
 pool of workers, which cut them and run the per-segment filters (headers, length, repetition) and
 compute each segment's exact-duplicate key and MinHash. At most 2 batches per worker are in flight
 (`Pool.imap` would read the whole corpus ahead), so memory stays flat. The parent then
@@ -27,23 +27,12 @@ import numpy as np
 from datasketch import MinHash, MinHashLSH
 from rich.progress import TextColumn
 
-from humpback_ds import console, text
+from humpback_ds import console, markup, text
 from humpback_ds.config import ConfigError, SegmentConfig, to_dict
+from humpback_ds.documents import Doc, Reading, documents, expand_inputs
 from humpback_ds.manifest import Manifest, read_manifest
-from humpback_ds.records import (
-    AtomicWriter,
-    DataError,
-    Quarantine,
-    ReadStats,
-    Segment,
-    check_bad_fraction,
-    iter_json_lines,
-    reject,
-)
+from humpback_ds.records import AtomicWriter, Quarantine, Segment
 
-HTML_SUFFIXES = (".html", ".htm", ".xhtml")
-TEXT_SUFFIXES = (".md", ".markdown", ".txt", ".text")
-DUMP_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
 BATCH_BYTES = 1 << 20  # documents per worker task: up to ~1 MB ...
 BATCH_DOCS = 256  # ... or this many documents
 REASONS = (
@@ -56,14 +45,6 @@ REASONS = (
     "exact_duplicate",
     "near_duplicate",
 )
-
-
-@dataclass(frozen=True)
-class Doc:
-    doc_id: str
-    source: str
-    kind: str  # "html" | "markdown"
-    content: str
 
 
 @dataclass(frozen=True)
@@ -83,18 +64,6 @@ class DocResult:
     segments: list[tuple[Segment, bytes, np.ndarray]] = field(default_factory=list)
     rejected: Counter = field(default_factory=Counter)
     chrome: int = 0
-
-
-def _kind(path: Path) -> str | None:
-    name = path.name.lower()
-    for kind, suffixes in (
-        ("html", HTML_SUFFIXES),
-        ("markdown", TEXT_SUFFIXES),
-        ("dump", DUMP_SUFFIXES),
-    ):
-        if name.endswith(suffixes):
-            return kind
-    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -121,9 +90,9 @@ def process_doc(doc: Doc, p: CutParams) -> DocResult:
     """Cut one document and apply the filters that need no state from other documents."""
     result = DocResult()
     if doc.kind == "html":
-        blocks, result.chrome = text.html_blocks(doc.content)
+        blocks, result.chrome = markup.html_blocks(doc.content)
     else:
-        blocks = text.markdown_blocks(doc.content)
+        blocks = markup.markdown_blocks(doc.content)
     for index, piece in enumerate(text.document_pieces(blocks, p.min_chars, p.max_chars)):
         if piece.reason:
             result.rejected[piece.reason] += 1
@@ -149,116 +118,8 @@ def process_batch(docs: list[Doc], p: CutParams) -> list[DocResult]:
 
 
 # --------------------------------------------------------------------------------------------
-# Parent side: reading inputs
+# Parent side: batches of documents through the worker pool, in input order
 # --------------------------------------------------------------------------------------------
-
-
-def expand_inputs(inputs: list[str]) -> list[tuple[Path, str]]:
-    """Every input file with its document-id prefix, in a deterministic order."""
-    files: list[tuple[Path, str]] = []
-    for raw in inputs:
-        path = Path(raw)
-        if path.is_dir():
-            found = sorted(f for f in path.rglob("*") if f.is_file() and _kind(f))
-            if not found:
-                raise DataError(f"{path}: no HTML, Markdown, text, JSONL or Parquet files inside")
-            files += [(f, f"{path.name}/{f.relative_to(path).as_posix()}") for f in found]
-        elif path.is_file():
-            if not _kind(path):
-                raise DataError(
-                    f"{path}: unknown file type; use one of "
-                    f"{HTML_SUFFIXES + TEXT_SUFFIXES + DUMP_SUFFIXES}"
-                )
-            files.append((path, path.name))
-        else:
-            raise DataError(f"{path}: no such file or directory (check --input)")
-    return files
-
-
-def _dump_doc(obj: Any, where: str, prefix: str, number: int, cfg: SegmentConfig) -> Doc | str:
-    """A Doc from one dump record (id: `<dump name>:<id field or line/row number>`), or the
-    reason the record is malformed."""
-    if not isinstance(obj, dict):
-        return f"expected a JSON object, got {type(obj).__name__}"
-    page, plain = obj.get(cfg.html_field), obj.get(cfg.text_field)
-    ident = obj.get(cfg.id_field)
-    doc_id = f"{prefix}:{number if ident is None else ident}"
-    if isinstance(page, str) and page.strip():
-        return Doc(doc_id, where, "html", page)
-    if isinstance(plain, str):
-        return Doc(doc_id, where, "markdown", plain)
-    return (
-        f"no string field '{cfg.html_field}' or '{cfg.text_field}' "
-        "(set --html_field / --text_field to the dump's field names)"
-    )
-
-
-def _jsonl_docs(
-    path: Path, prefix: str, cfg: SegmentConfig, stats: ReadStats, quarantine: Quarantine
-) -> Iterator[Doc]:
-    for lineno, obj in iter_json_lines(path, stats, quarantine, cfg.max_bad_fraction):
-        doc = _dump_doc(obj, f"{path}:{lineno}", prefix, lineno, cfg)
-        if isinstance(doc, str):
-            reject(stats, quarantine, lineno, doc, json.dumps(obj, ensure_ascii=False))
-            continue
-        yield doc
-
-
-def _parquet_docs(
-    path: Path, prefix: str, cfg: SegmentConfig, stats: ReadStats, quarantine: Quarantine
-) -> Iterator[Doc]:
-    import pyarrow.parquet as pq
-
-    try:
-        pf = pq.ParquetFile(path)
-    except Exception as e:  # pyarrow raises ArrowInvalid, OSError, ... for a bad file
-        raise DataError(f"{path}: not a readable Parquet file ({e})") from None
-    names = pf.schema_arrow.names
-    columns = [c for c in (cfg.id_field, cfg.html_field, cfg.text_field) if c in names]
-    if cfg.html_field not in names and cfg.text_field not in names:
-        raise DataError(
-            f"{path}: no column '{cfg.html_field}' or '{cfg.text_field}' (columns: "
-            f"{names}); set --html_field / --text_field"
-        )
-    row = 0
-    for batch in pf.iter_batches(batch_size=256, columns=columns):
-        for obj in batch.to_pylist():
-            row += 1
-            stats.read += 1
-            doc = _dump_doc(obj, f"{path}:row {row}", prefix, row, cfg)
-            if isinstance(doc, str):
-                reject(
-                    stats, quarantine, row, doc, json.dumps(obj, ensure_ascii=False, default=str)
-                )
-                continue
-            yield doc
-    check_bad_fraction(stats, cfg.max_bad_fraction)
-
-
-@dataclass
-class Reading:
-    """What the parent has read so far."""
-
-    files: int = 0
-    docs: int = 0
-    bytes: int = 0
-    bad: int = 0
-
-
-def documents(
-    files: list[tuple[Path, str]], cfg: SegmentConfig, reading: Reading, quarantine: Quarantine
-) -> Iterator[Doc]:
-    """Every document of every input file, one at a time."""
-    for path, prefix in files:
-        reading.files += 1
-        kind = _kind(path)
-        if kind != "dump":
-            yield Doc(prefix, str(path), kind or "", path.read_text("utf-8", errors="replace"))
-            continue
-        stats = ReadStats(str(path))
-        reader = _parquet_docs if path.name.lower().endswith(".parquet") else _jsonl_docs
-        yield from reader(path, prefix, cfg, stats, quarantine)
-        reading.bad += stats.bad
 
 
 def _batches(docs: Iterable[Doc], reading: Reading) -> Iterator[list[Doc]]:
