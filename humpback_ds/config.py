@@ -124,6 +124,14 @@ class TrainConfig(DataConfig):
         2048, "Tokens per example; longer examples are truncated (LLaMA-1: 2048)"
     )
     packing: bool = param(True, "Pack examples into rows without cross-example attention")
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = param(
+        "sdpa",
+        "Attention kernel; flash_attention_2 (GPU, flash-attn installed) makes packing fast: "
+        "varlen kernels cost sum(len^2) per packed row instead of T^2",
+    )
+    gradient_checkpointing: bool = param(
+        False, "Recompute each decoder layer in backward (33B/65B at 2,048 tokens need it)"
+    )
     precision: Literal["auto", "bf16", "fp32"] = param("auto", "auto = bf16 on GPU, fp32 on CPU")
     seed: int = param(42, "Data order and initialisation seed")
     save_every: int = param(
@@ -245,7 +253,9 @@ class TinyModelConfig:
     num_layers: int = param(2, "Decoder layers")
     num_heads: int = param(4, "Attention heads")
     num_kv_heads: int = param(2, "Key/value heads (GQA when fewer than num_heads)")
-    max_position_embeddings: int = param(2048, "Longest sequence")
+    max_position_embeddings: int = param(
+        4096, "Longest sequence (the tiny tokenizer needs ~3,000 tokens for a rating prompt)"
+    )
     seed: int = param(0, "Weight initialisation and tokenizer training seed")
 
 
