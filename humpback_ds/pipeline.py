@@ -426,48 +426,68 @@ def execute(step: Step, run: C.RunConfig, *, force: bool = False) -> str:
             )
         clear(step)
     write_json(step.record, {"state": "running", **step.fingerprint()})
+    start = time.time()
     launch(step, run)
     if not manifest_path(step.output).is_file():
         raise RuntimeError(
             f"step {step.name} finished without writing {manifest_path(step.output)}"
         )
-    write_json(step.record, {"state": "done", **step.fingerprint()})
+    wall = round(time.time() - start, 1)
+    write_json(step.record, {"state": "done", "wall_time_s": wall, **step.fingerprint()})
     return "ran"
 
 
 def run_steps(
     steps: list[Step], run: C.RunConfig, *, force: bool = False, title: str = "run"
 ) -> list[tuple]:
+    """Execute the steps in order; print a summary table of what each did."""
     rows = []
     for step in steps:
-        start = time.time()
         outcome = execute(step, run, force=force)
-        m = read_manifest(step.output) or {}
-        written = m.get("counts", {}).get("written", "")
-        rows.append((step.name, outcome, written, f"{time.time() - start:.1f}", str(step.output)))
-    console.show(
-        console.summary_table(title, rows, ("step", "this call", "written", "wall s", "output"))
-    )
+        rows.append((step.name, outcome, *summary(step)))
+    columns = ("step", "this call", "records", "result", "wall s")
+    console.show(console.summary_table(title, rows, columns))
     if all(r[1] == "skipped" for r in rows):
         console.console.print(f"nothing to do: all {len(rows)} steps of {title} are already done")
     return rows
+
+
+def _records(counts: dict[str, Any]) -> Any:
+    for key in ("written", "scored", "answers", "pairs", "examples"):
+        if key in counts:
+            return counts[key]
+    return ""
+
+
+def summary(step: Step) -> tuple[Any, str, Any]:
+    """(records written, what the step found, wall seconds) from its manifest and step record."""
+    m = read_manifest(step.output) or {}
+    counts, result = m.get("counts", {}), ""
+    if step.stage == "train":
+        metrics = step.output / "metrics.jsonl"
+        first = json.loads(metrics.open().readline())["loss"] if metrics.is_file() else None
+        if first is not None and "final_loss" in m:
+            result = f"loss {first:.3f} -> {m['final_loss']:.3f} in {counts.get('steps')} steps"
+    elif step.stage == "curate":
+        hist = " ".join(f"{k}:{v}" for k, v in m.get("score_histogram", {}).items())
+        result = f"scores {hist}; unparsed {counts.get('unparsed', 0)}"
+    elif step.stage == "select":
+        result = f"kept {counts.get('kept')} of {counts.get('scored')} + {counts.get('seed')} seed"
+    elif step.stage == "judge" and "win_rate" in m:
+        wr = m["win_rate"]
+        result = f"win rate {wr['win_rate']:.1f} +- {wr['standard_error']:.1f}"
+    elif m.get("rejected"):
+        result = "rejected " + ", ".join(f"{k} {v}" for k, v in m["rejected"].items() if v)
+    record = json.loads(step.record.read_text()) if step.record.is_file() else {}
+    return _records(counts), result, record.get("wall_time_s", m.get("wall_time_s", ""))
 
 
 def status_rows(steps: list[Step]) -> list[tuple]:
     rows = []
     for step in steps:
         st, changes = state(step)
-        m = read_manifest(step.output) or {}
-        detail = "; ".join(changes)[:80] if changes else ""
-        rows.append(
-            (
-                step.name,
-                st,
-                m.get("counts", {}).get("written", ""),
-                m.get("wall_time_s", ""),
-                detail,
-            )
-        )
+        records, result, wall = summary(step) if st == "done" else ("", "", "")
+        rows.append((step.name, st, records, "; ".join(changes)[:80] or result, wall))
     return rows
 
 
@@ -526,11 +546,8 @@ def main(command: str, argv: list[str]) -> int:
     steps = plan(run, tables, where=opts["config"])
     if command == "status":
         rows = status_rows(steps)
-        console.show(
-            console.summary_table(
-                f"status of {run.run_dir}", rows, ("step", "state", "written", "wall s", "changes")
-            )
-        )
+        columns = ("step", "state", "records", "result / changes", "wall s")
+        console.show(console.summary_table(f"status of {run.run_dir}", rows, columns))
         return 0
     _save_run_file(run, tables)
     if command == "iterate":

@@ -1,25 +1,38 @@
 #!/usr/bin/env bash
-# The CPU twin of a full run: every stage on a tiny LLaMA and the bundled sample data.
+# The CPU twin of a full run: every stage of the method on a tiny LLaMA and the bundled sample data
+# (seed -> segment -> backward -> augment -> m0 -> curate -> select -> m1 -> curate -> select -> m2
+# -> answers -> judge -> report), 2 processes with DeepSpeed on CPU (gloo). About 5 minutes.
 #
 # usage: bash launchers/demo.sh [RUN_DIR]
-#   RUN_DIR         where everything is written (default: runs/demo)
-#   NPROC           processes for the distributed stages (default: 2, CPU gloo)
+#   RUN_DIR         where everything is written (default: runs/demo under the project root)
+#   NPROC           processes for the distributed stages (default: demo.toml's nproc, 2)
+#   extra options go to `humpback-ds run`, e.g. HUMPBACK_DEMO_ARGS="--force"
 #
-# Sets up the virtual environment first (tools/setup_env.sh). Re-running reuses finished artifacts.
+# Sets up the virtual environment first (tools/setup_env.sh). Re-running skips finished steps.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 run_dir=${1:-$root/runs/demo}
 bash "$root/tools/setup_env.sh"
-export PATH="${HUMPBACK_VENV:-$root/.venv}/bin:$PATH"
-# No GPU is assumed for the demo; a GPU user runs launchers/launch.sh with the real model.
+venv=${HUMPBACK_VENV:-$root/.venv}
+# The demo is the CPU twin; on a GPU machine use launchers/launch.sh with a real model instead.
 export DS_ACCELERATOR=${DS_ACCELERATOR:-cpu} HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-sample="$root/humpback_ds/sample_data"
-mkdir -p "$run_dir/data"
+cd "$root"
 start=$(date +%s)
+read -ra extra <<<"${HUMPBACK_DEMO_ARGS:-}"
+"$venv/bin/humpback-ds" run --config launchers/demo.toml --run_dir "$run_dir" "${extra[@]}"
 
-humpback-ds tiny-model --output_dir "$run_dir/models/base"
-humpback-ds seed --input "$sample/oasst/messages.jsonl" --output "$run_dir/data/seed.jsonl"
-humpback-ds segment --input "$sample/web" --output "$run_dir/data/segments.jsonl"
+"$venv/bin/python" - "$run_dir" <<'PY'
+import json, sys
+from pathlib import Path
 
-echo "demo finished in $(( $(date +%s) - start )) s; artifacts under $run_dir"
+run = Path(sys.argv[1])
+judge = json.loads((run / "eval" / "m2_vs_m0.jsonl.manifest.json").read_text())["win_rate"]
+print(f"\nwin rate of m2 vs m0 (local judge, both orders): {judge['win_rate']:.1f} "
+      f"+- {judge['standard_error']:.1f} (wins {judge['n_wins']}, losses {judge['n_wins_base']}, "
+      f"draws {judge['n_draws']})")
+print(f"report:       {run / 'report' / 'index.html'}")
+print(f"models:       {run / 'models'} (base, backward, m0, m1, m2)")
+print(f"data:         {run / 'data'}  iterations: {run / 'iter1'}, {run / 'iter2'}")
+PY
+echo "demo finished in $(( $(date +%s) - start )) s"

@@ -25,7 +25,7 @@ CORPUS_COUNTS = {
     "documents": 21,
     "bad_lines": 0,
     "chrome_elements_removed": 58,
-    "segments_written": 41,
+    "written": 41,
 }
 CORPUS_REJECTED = {
     "too_short": 10,  # 9 one-line page intros + "Tools You Need" (bike_chain.html)
@@ -75,7 +75,7 @@ def test_shipped_corpus_counts_via_cli(corpus_output: Path) -> None:
 
 def test_shipped_corpus_segments_content(corpus_output: Path) -> None:
     segs = load_records(corpus_output, Segment)
-    assert len(segs) == CORPUS_COUNTS["segments_written"]
+    assert len(segs) == CORPUS_COUNTS["written"]
     assert len({s.id for s in segs}) == len(segs)
     assert all(600 <= len(s.text) <= 3000 for s in segs)
     headers = {s.header for s in segs}
@@ -125,7 +125,7 @@ def test_rerun_with_same_inputs_is_skipped(tmp_path: Path) -> None:
     assert read_manifest(out) == first  # not rewritten
     (src / "b.md").write_text(f"# Beta\n\n{prose(2, 800)}\n")
     segment.run(cfg)
-    assert read_manifest(out)["counts"]["segments_written"] == 2  # changed input: redone
+    assert read_manifest(out)["counts"]["written"] == 2  # changed input: redone
 
 
 def test_exact_and_near_duplicates_removed_distinct_text_kept(tmp_path: Path) -> None:

@@ -172,7 +172,7 @@ def measure(inputs: list[Path], out: Path, workers: int) -> dict:
         "mb_per_cpu_s": mb / cpu,
         "peak_mb": peak / 1e6,
         "peak_pss_mb": peak_pss / 1e6,
-        "written": manifest["counts"]["segments_written"],
+        "written": manifest["counts"]["written"],
         "rejected": manifest["rejected"],
     }
 

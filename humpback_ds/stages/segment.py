@@ -291,7 +291,7 @@ def run(cfg: SegmentConfig) -> Path:
         bytes=reading.bytes,
         bad_lines=reading.bad,
         chrome_elements_removed=chrome,
-        segments_written=writer.count,
+        written=writer.count,
     )
     if quarantine.count:
         manifest.extra["quarantine"] = str(quarantine.path)
@@ -310,7 +310,7 @@ def _summary(manifest: Manifest, workers: int) -> None:
     ]
     rows += [(f"rejected: {reason}", manifest.rejected.get(reason, 0)) for reason in REASONS]
     rows += [
-        ("segments written", counts["segments_written"]),
+        ("segments written", counts["written"]),
         ("MB read", counts["bytes"] / 1e6),
         ("workers", workers),
         ("MB/s", counts["bytes"] / 1e6 / max(wall, 1e-9)),
