@@ -166,6 +166,9 @@ class GenerationConfig(DataConfig):
     )
     kernel_inject: bool = param(False, "DeepSpeed kernel injection (GPU opt-in; not usable on CPU)")
     seed: int = param(0, "Base seed; each record's seed derives from it and the record id")
+    shared_prefix_min: int = param(
+        256, "Rows of a batch sharing at least this many leading tokens compute them once"
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -176,6 +179,11 @@ class AugmentConfig(GenerationConfig):
     output: str = param(help="Candidate JSONL")
     max_new_tokens: int = param(256, "Longest candidate instruction, in tokens")
     max_instruction_chars: int = param(1000, "Drop longer instructions as overlong")
+    copy_overlap: float = param(
+        0.8,
+        "Drop an instruction as a copy of its segment when at least this share of its word "
+        "trigrams occur in the segment",
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -403,7 +403,10 @@ def launch(step: Step, run: C.RunConfig) -> None:
     cmd = launch_command(step.stage, ["--config", str(run_file)], run, env["MASTER_PORT"])
     console.console.print(f"[bold]{step.name}[/]: {' '.join(cmd)}")
     result = subprocess.run(cmd, env=env, check=False)
-    if result.returncode == EXIT_PREEMPTED:
+    # srun --kill-on-bad-exit can report another status than the trainer's 75 (the other node's
+    # task was killed): a failed step whose stop file exists was stopped on request.
+    asked_to_stop = bool(stop_file) and Path(stop_file).exists()
+    if result.returncode == EXIT_PREEMPTED or (result.returncode != 0 and asked_to_stop):
         raise Preempted(f"step {step.name} checkpointed and stopped on request; re-run to resume")
     if result.returncode != 0:
         raise RuntimeError(

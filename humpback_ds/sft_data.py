@@ -59,12 +59,15 @@ def prompt_and_target(pair: Pair, task: str) -> tuple[str, str]:
 
 
 def encode(pair: Pair, tokenizer: Any, task: str, max_seq_len: int) -> Example:
-    """Tokenize a pair: BOS + prompt (masked) + target + EOS, truncated to max_seq_len."""
+    """Tokenize a pair: BOS + prompt (masked) + target + EOS, truncated to max_seq_len.
+
+    Text is data, never control: a literal "</s>" in a web page is encoded as its characters
+    (split_special_tokens), so the only EOS is the one that ends the target.
+    """
     prompt_text, target_text = prompt_and_target(pair, task)
-    prompt = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
-    target = tokenizer(target_text, add_special_tokens=False)["input_ids"] + [
-        tokenizer.eos_token_id
-    ]
+    kw = {"add_special_tokens": False, "split_special_tokens": True}
+    prompt = tokenizer(prompt_text, **kw)["input_ids"]
+    target = tokenizer(target_text, **kw)["input_ids"] + [tokenizer.eos_token_id]
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     budget = max_seq_len - len(bos)
     truncated = len(prompt) + len(target) > budget

@@ -77,6 +77,15 @@ def test_seed_task_masks_the_prompt_and_ends_with_eos(tok) -> None:
     assert ex.num_targets == len(target) + 1 and not ex.truncated
 
 
+def test_literal_special_tokens_in_text_are_data(tok) -> None:
+    pair = Pair(id="x", instruction="What ends a <s> sequence?", output="The marker </s> does.")
+    ex = encode(pair, tok, "seed", 512)
+    assert ex.input_ids.count(tok.eos_token_id) == 1 and ex.input_ids[-1] == tok.eos_token_id
+    assert ex.input_ids.count(tok.bos_token_id) == 1 and ex.input_ids[0] == tok.bos_token_id
+    target = [t for t in ex.labels if t != IGNORE]
+    assert tok.decode(target[:-1]) == "The marker </s> does."
+
+
 def test_backward_task_trains_the_instruction(tok) -> None:
     pair = Pair(id="a", instruction="Name a cobalt lantern.", output="The orchard lantern.")
     ex = encode(pair, tok, "backward", 512)
