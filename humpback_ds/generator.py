@@ -5,29 +5,21 @@ model through AutoTP (`deepspeed.init_inference`). Work comes as jobs (an id and
 rows); jobs are length-sorted and packed into batches by a token budget. Decoding is our own loop
 with a KV cache and left padding: greedy is token-for-token HF `generate`, and sampling draws every
 row from its own `torch.Generator` seeded from the job id, so a sampled text does not depend on
-which batch, replica or restart produced it. Exactly-once output: see `PartStore`.
+which batch, replica or restart produced it. Replicas and exactly-once output: humpback_ds.parts.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import json
-import os
-from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 
-from humpback_ds import console, dist, modeling
+from humpback_ds import dist, modeling
 from humpback_ds.config import ConfigError, GenerationConfig
-from humpback_ds.manifest import content_hash
-from humpback_ds.records import AtomicWriter, DataError, Quarantine, load_records, write_json
-
-R = TypeVar("R")
+from humpback_ds.parts import Replica, replica_layout
 
 
 def record_seed(base: int, key: str) -> int:
@@ -70,44 +62,6 @@ def token_batches(jobs: Sequence[Job], budget: int, new_tokens: int) -> list[lis
     return batches
 
 
-@dataclass(frozen=True)
-class Replica:
-    """Where this rank sits: replica `index` of `count`, rank `tp_rank` inside its TP group."""
-
-    index: int
-    count: int
-    tp_rank: int
-    tp_size: int
-    group: Any = None  # the torch.distributed group of this replica (None when tp_size == 1)
-
-    @property
-    def first_rank(self) -> int:
-        return self.index * self.tp_size
-
-    @property
-    def writes(self) -> bool:
-        """Only TP rank 0 of each replica writes output."""
-        return self.tp_rank == 0
-
-
-def replica_layout(tp_size: int) -> Replica:
-    """Split the world into replicas of tp_size consecutive ranks (creating every group on every rank)."""
-    world, rank = dist.world_size(), dist.rank()
-    if tp_size < 1 or world % tp_size:
-        raise ConfigError(
-            f"tp_size={tp_size} does not divide the world size {world}: launch a multiple of "
-            f"--tp_size processes, or change --tp_size"
-        )
-    group = None
-    if tp_size > 1:
-        import torch.distributed as td
-
-        for r in range(world // tp_size):
-            g = td.new_group(list(range(r * tp_size, (r + 1) * tp_size)))
-            group = g if rank // tp_size == r else group
-    return Replica(rank // tp_size, world // tp_size, rank % tp_size, tp_size, group)
-
-
 class _TensorParallelUnit:
     """The `mpu` DeepSpeed-Inference accepts: without it, init_inference ignores `tp_group` and
     builds the group [0..T-1] on every rank, which breaks every replica but the first."""
@@ -144,10 +98,6 @@ def check(cfg: GenerationConfig) -> None:
         raise ConfigError("--max_new_tokens and --token_budget must be >= 1")
 
 
-# Rows of a batch sharing at least this many leading tokens compute them once (see _prefill).
-SHARED_PREFIX_MIN = 256
-
-
 class Generator:
     """One model replica under DeepSpeed-Inference, generating and scoring batches of jobs."""
 
@@ -181,7 +131,8 @@ class Generator:
 
     # ---------------------------------------------------------------------------------- inputs
     def encode(self, text: str) -> list[int]:
-        return self.tokenizer(text)["input_ids"]
+        # Web text is data: a literal "</s>" in a segment must not become the EOS token.
+        return self.tokenizer(text, split_special_tokens=True)["input_ids"]
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
@@ -245,7 +196,7 @@ class Generator:
         shared = _common_prefix(*rows) if len(rows) > 1 else 0
         shared = min(shared, min(len(r) for r in rows) - keep)
         cache = None
-        if shared >= SHARED_PREFIX_MIN:
+        if shared >= self.cfg.shared_prefix_min:
             prefix = torch.tensor([rows[0][:shared]], device=self.device)
             cache = self.model(input_ids=prefix, use_cache=True, logits_to_keep=1).cache
             cache.batch_repeat_interleave(len(rows))
@@ -353,144 +304,3 @@ def _avoid_world_shm_allreduce(replica: Replica) -> None:
 
         if ds_comm.cdb is not None:
             ds_comm.cdb.shm_vector_kernel_level = 0
-
-
-# ------------------------------------------------------------------------------- exactly once
-class PartStore:
-    """Exactly-once output: `<output>.parts/part-<replica>.jsonl`, one line per finished job.
-
-    A line is `{"id", "record", "reason"}` (record None when the job was dropped for `reason`),
-    appended, flushed and fsynced per batch by TP rank 0 of its replica. A restart reads the ids of
-    every part file (whatever world size wrote them), ignores a torn last line, and skips them.
-    `run.json` pins the config and inputs that produced the parts: a changed run is refused.
-    The parts stay after the merge (a rerun only merges again); delete them to generate anew.
-    """
-
-    def __init__(self, output: str | Path, replica: Replica, fingerprint: dict[str, Any]):
-        self.output = Path(output)
-        self.dir = self.output.with_name(self.output.name + ".parts")
-        self.replica = replica
-        self.fingerprint = fingerprint
-
-    @property
-    def own(self) -> Path:
-        return self.dir / f"part-{self.replica.index:05d}.jsonl"
-
-    def check(self) -> None:
-        """Refuse parts left by a different run (every rank checks, rank 0 then records the run)."""
-        pinned = self.dir / "run.json"
-        if pinned.is_file() and json.loads(pinned.read_text()) != self.fingerprint:
-            raise ConfigError(
-                f"{self.dir} holds results of a run with another config or input ({pinned}); "
-                f"rerun with the same settings to resume, or delete {self.dir} to start over"
-            )
-        dist.barrier()
-        if dist.is_main() and not pinned.is_file():
-            write_json(pinned, self.fingerprint)
-
-    def entries(self) -> Iterator[dict[str, Any]]:
-        for path in sorted(self.dir.glob("part-*.jsonl")):
-            data = path.read_bytes()
-            complete = data[
-                : data.rfind(b"\n") + 1
-            ]  # a torn last line (killed mid-write) is ignored
-            for lineno, line in enumerate(complete.decode("utf-8").splitlines(), start=1):
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(
-                        f"{path}:{lineno}: corrupt part line ({e.msg}); delete {self.dir} to start over"
-                    ) from None
-
-    def done_ids(self) -> set[str]:
-        return {e["id"] for e in self.entries()} if self.dir.is_dir() else set()
-
-    def append(self, lines: list[dict[str, Any]]) -> None:
-        """Append finished jobs durably; the first append drops a torn tail of our own file."""
-        if not self.replica.writes or not lines:
-            return
-        self.dir.mkdir(parents=True, exist_ok=True)
-        if self.own.is_file():
-            data = self.own.read_bytes()
-            if data and not data.endswith(b"\n"):
-                os.truncate(self.own, data.rfind(b"\n") + 1)
-        with self.own.open("a", encoding="utf-8") as fh:
-            for line in lines:
-                fh.write(json.dumps(line, ensure_ascii=False) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-
-    def merge(self) -> tuple[int, Counter]:
-        """Write the output sorted by id (atomic); returns (records written, drops by reason)."""
-        by_id: dict[str, dict[str, Any]] = {}
-        for entry in self.entries():
-            assert by_id.setdefault(entry["id"], entry) == entry, f"id {entry['id']} done twice"
-        reasons: Counter = Counter()
-        with AtomicWriter(self.output) as w:
-            for key in sorted(by_id):
-                entry = by_id[key]
-                if entry["record"] is None:
-                    reasons[entry["reason"]] += 1
-                else:
-                    w.write_line(json.dumps(entry["record"], ensure_ascii=False))
-        return w.count, reasons
-
-
-def run_jobs(
-    gen: Generator,
-    store: PartStore,
-    records: Sequence[Any],
-    make_job: Callable[[Any], Job | dict[str, Any]],
-    work: Callable[[list[Job]], list[dict[str, Any]]],
-    new_tokens: int,
-    unit: str,
-) -> int:
-    """Process the records not done yet on this replica's share, batch by batch; returns done count.
-
-    `make_job` returns a Job, or a finished part line for a record settled without the model (a
-    prompt too long for it). Every rank reads the finished ids before any rank writes (barrier),
-    so all replicas agree on the split. Ends with a barrier: after it, rank 0 may merge.
-    """
-    store.check()
-    done = store.done_ids()
-    dist.barrier()
-    todo = [r for r in records if r.id not in done]
-    made = [make_job(r) for r in dist.shard(todo, gen.replica.index, gen.replica.count)]
-    mine = [m for m in made if isinstance(m, Job)]
-    store.append([m for m in made if not isinstance(m, Job)])  # finished without the model
-    with console.progress(unit) as bar:
-        task = bar.add_task(f"replica {gen.replica.index}/{gen.replica.count}", total=len(mine))
-        for batch in gen.batches(mine, new_tokens):
-            store.append(work(batch))
-            bar.advance(task, len(batch))
-    dist.barrier()
-    return len(done)
-
-
-# Fields that change how the work is spread, not what it produces: a run may resume under others.
-LAYOUT_FIELDS = ("tp_size", "token_budget", "max_bad_fraction")
-
-
-def fingerprint(cfg: GenerationConfig, inputs: Sequence[str | Path]) -> dict[str, Any]:
-    """What pins a run's results: its config (layout fields aside) and its inputs' content."""
-    conf = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in LAYOUT_FIELDS}
-    return {"config": conf, "inputs": {str(p): content_hash(p) for p in inputs}}
-
-
-def read_unique(
-    path: str | Path, cls: type[R], output: str | Path, max_bad_fraction: float
-) -> list[R]:
-    """Input records with distinct ids; bad lines go to <output>.quarantine.jsonl (rank 0 writes it)."""
-    out = Path(output)
-    q = Quarantine(out.with_name(out.name + ".quarantine.jsonl")) if dist.is_main() else None
-    try:
-        records = load_records(path, cls, quarantine=q, max_bad_fraction=max_bad_fraction)
-    finally:
-        if q is not None:
-            q.close()
-    seen: set[str] = set()
-    for i, r in enumerate(records, start=1):
-        if r.id in seen:  # type: ignore[attr-defined]
-            raise DataError(f"{path}: record {i} repeats id {r.id!r}; ids must be unique")  # type: ignore[attr-defined]
-        seen.add(r.id)  # type: ignore[attr-defined]
-    return records

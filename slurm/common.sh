@@ -16,6 +16,32 @@ hb_die() {
   exit 2
 }
 
+# The options of prep.sh / iter.sh / eval.sh. Sets hb_run_file, hb_iteration, hb_extra (--force).
+# shellcheck disable=SC2034  # the globals are read by the scripts that source this file
+hb_parse_options() {
+  hb_run_file=${RUN_FILE:-}
+  hb_iteration=${ITERATION:-}
+  hb_extra=()
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --config) hb_run_file=$2; shift 2 ;;
+      --config=*) hb_run_file=${1#*=}; shift ;;
+      --iteration) hb_iteration=$2; shift 2 ;;
+      --iteration=*) hb_iteration=${1#*=}; shift ;;
+      --force) hb_extra+=(--force); shift ;;
+      *) hb_die "unknown option $1 (see --help)" ;;
+    esac
+  done
+  [ -n "$hb_run_file" ] || hb_die "no run file: --config RUN.toml (or RUN_FILE)"
+}
+
+# Distributed steps of `humpback-ds run|iterate` start one srun task per node (pipeline.py); the
+# rendezvous port is derived from the job id so that two jobs sharing a node do not collide.
+hb_use_srun() {
+  export HUMPBACK_LAUNCHER=srun
+  export MASTER_PORT=${MASTER_PORT:-$((20000 + SLURM_JOB_ID % 20000))}
+}
+
 # Sets: hb_root, hb_python, hb_log_dir, hb_stop_file (exported as HUMPBACK_STOP_FILE).
 # shellcheck disable=SC2034  # the globals are read by the scripts that source this file
 hb_init() {

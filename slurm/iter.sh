@@ -37,25 +37,11 @@ hb_name=iter.sh  # the prefix of this script's log lines (sbatch runs a copy nam
 # shellcheck source=slurm/common.sh
 source "${HUMPBACK_ROOT:-${SLURM_SUBMIT_DIR:-.}}/slurm/common.sh"
 
-run_file=${RUN_FILE:-}
-iteration=${ITERATION:-}
-extra=()
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --config) run_file=$2; shift 2 ;;
-    --config=*) run_file=${1#*=}; shift ;;
-    --iteration) iteration=$2; shift 2 ;;
-    --iteration=*) iteration=${1#*=}; shift ;;
-    --force) extra+=(--force); shift ;;
-    *) hb_die "unknown option $1 (see --help)" ;;
-  esac
-done
-[ -n "$run_file" ] || hb_die "no run file: --config RUN.toml (or RUN_FILE)"
-[ -n "$iteration" ] || hb_die "no iteration: --iteration T (or ITERATION)"
+hb_parse_options "$@"
+[ -n "$hb_iteration" ] || hb_die "no iteration: --iteration T (or ITERATION)"
 hb_init
-
-export HUMPBACK_LAUNCHER=srun  # distributed steps: one srun task per node (humpback_ds/pipeline.py)
-export MASTER_PORT=${MASTER_PORT:-$((20000 + SLURM_JOB_ID % 20000))}
+hb_use_srun
 echo "iter.sh: job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}) on $SLURM_JOB_NODELIST:" \
-  "iteration $iteration of $run_file" >&2
-hb_run "$hb_python" -m humpback_ds iterate --config "$run_file" --iteration "$iteration" "${extra[@]}"
+  "iteration $hb_iteration of $hb_run_file" >&2
+hb_run "$hb_python" -m humpback_ds iterate --config "$hb_run_file" --iteration "$hb_iteration" \
+  "${hb_extra[@]}"

@@ -28,19 +28,7 @@ hb_name=prep.sh  # the prefix of this script's log lines (sbatch runs a copy nam
 # shellcheck source=slurm/common.sh
 source "${HUMPBACK_ROOT:-${SLURM_SUBMIT_DIR:-.}}/slurm/common.sh"
 
-run_file=${RUN_FILE:-}
-extra=()
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --config) run_file=$2; shift 2 ;;
-    --config=*) run_file=${1#*=}; shift ;;
-    --force) extra+=(--force); shift ;;
-    *) hb_die "unknown option $1 (see --help)" ;;
-  esac
-done
-[ -n "$run_file" ] || hb_die "no run file: --config RUN.toml (or RUN_FILE)"
+hb_parse_options "$@"
 hb_init
-
-export HUMPBACK_LAUNCHER=srun
-export MASTER_PORT=${MASTER_PORT:-$((20000 + SLURM_JOB_ID % 20000))}
-hb_run "$hb_python" -m humpback_ds run --config "$run_file" --until m0 "${extra[@]}"
+hb_use_srun
+hb_run "$hb_python" -m humpback_ds run --config "$hb_run_file" --until m0 "${hb_extra[@]}"

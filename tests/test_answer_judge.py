@@ -131,6 +131,7 @@ def test_answer_writes_alpaca_eval_format(answered: dict[str, Path]) -> None:
     assert sum(bool(r["output"].strip()) for r in rows) >= 15  # sampled text, mostly non-empty
     manifest = json.loads(Path(f"{answered['a']}.manifest.json").read_text())
     assert manifest["counts"]["prompts"] == manifest["counts"]["answers"] == 20
+    assert manifest["counts"]["written"] == 20
     assert manifest["prompt_template"] == answer.build_prompt("{instruction}", "both")
     b_rows = json.loads(answered["b"].read_text())
     assert [r["output"] for r in b_rows] != [r["output"] for r in rows]  # other prompts, other text
@@ -233,6 +234,7 @@ def test_judge_generate_mode_counts_verdicts(
     assert manifest["win_rate"]["win_rate"] == pytest.approx(100 * sum(p) / len(p), abs=1e-9)
     unparsed = sum((r["verdict_a_first"] is None) + (r["verdict_b_first"] is None) for r in records)
     assert manifest["counts"]["unparsed_verdicts"] == unparsed
+    assert manifest["counts"]["written"] == manifest["counts"]["pairs"] == len(records)
 
 
 def test_judge_refuses_files_with_different_instructions(

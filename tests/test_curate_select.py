@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -57,19 +58,24 @@ def hand_probs(model_dir: Path, cand: Candidate) -> list[float]:
     return [math.exp(x) / total for x in logps]
 
 
+def run_curate(tiny_model: Path, tmp_path: Path, **fields: Any) -> tuple[list[Scored], dict]:
+    """Curate tmp_path/cand.jsonl into tmp_path/scored.jsonl: the records and the manifest."""
+    cfg = CurateConfig(
+        model=str(tiny_model),
+        candidates=str(tmp_path / "cand.jsonl"),
+        output=str(tmp_path / "scored.jsonl"),
+        **fields,
+    )
+    scored = load_records(curate.run(cfg), Scored)
+    return scored, json.loads((tmp_path / "scored.jsonl.manifest.json").read_text())
+
+
 def test_logprob_scores_equal_hand_computation(tiny_model: Path, tmp_path: Path) -> None:
     cands = write_candidates(tmp_path / "cand.jsonl")
     tok = modeling.load_tokenizer(tiny_model)
     # the continuation " 3" is two pieces, a lone space and the digit: scored as a whole
     assert len(tok("Fine. Score: 3")["input_ids"]) == len(tok("Fine. Score:")["input_ids"]) + 2
-    cfg = CurateConfig(
-        model=str(tiny_model),
-        candidates=str(tmp_path / "cand.jsonl"),
-        output=str(tmp_path / "scored.jsonl"),
-        mode="logprob",
-        token_budget=10_000,
-    )
-    scored = load_records(curate.run(cfg), Scored)
+    scored, manifest = run_curate(tiny_model, tmp_path, mode="logprob", token_budget=10_000)
     assert [s.id for s in scored] == ["c1", "c2", "c3", "c4"]
     for cand, s in zip(cands, scored, strict=True):
         want = hand_probs(tiny_model, cand)
@@ -79,23 +85,16 @@ def test_logprob_scores_equal_hand_computation(tiny_model: Path, tmp_path: Path)
         )
         assert s.score == float(1 + max(range(5), key=lambda i: want[i]))
         assert s.parsed and s.mode == "logprob" and s.model == str(tiny_model)
-    manifest = json.loads((tmp_path / "scored.jsonl.manifest.json").read_text())
     assert manifest["counts"]["parsed"] == 4 and manifest["counts"]["unparsed"] == 0
+    assert manifest["counts"]["written"] == manifest["counts"]["scored"] == 4
 
 
 def test_generate_mode_keeps_unparsed_with_reason(tiny_model: Path, tmp_path: Path) -> None:
     write_candidates(tmp_path / "cand.jsonl")
-    cfg = CurateConfig(
-        model=str(tiny_model),
-        candidates=str(tmp_path / "cand.jsonl"),
-        output=str(tmp_path / "scored.jsonl"),
-        mode="generate",
-        num_samples=2,
-        max_new_tokens=8,
+    scored, manifest = run_curate(
+        tiny_model, tmp_path, mode="generate", num_samples=2, max_new_tokens=8
     )
-    scored = load_records(curate.run(cfg), Scored)
-    manifest = json.loads((tmp_path / "scored.jsonl.manifest.json").read_text())
-    assert len(scored) == 4 == manifest["counts"]["scored"]  # nothing dropped
+    assert len(scored) == 4 == manifest["counts"]["scored"] == manifest["counts"]["written"]
     unparsed = [s for s in scored if not s.parsed]
     assert manifest["counts"]["unparsed"] == len(unparsed)
     for s in scored:

@@ -19,11 +19,13 @@ import torch
 
 from humpback_ds import modeling, prompts
 from humpback_ds.config import AugmentConfig, ConfigError, GenerationConfig
-from humpback_ds.generator import Generator, Job, PartStore, Replica, record_seed, token_batches
+from humpback_ds.generator import Generator, Job, record_seed, token_batches
+from humpback_ds.parts import PartStore, Replica, refuse_overwrite
 from humpback_ds.records import Candidate, Scored, Segment, load_records, write_records
 from humpback_ds.stages import augment
 
 ROOT = Path(__file__).resolve().parent.parent
+OVERLAP = AugmentConfig.__dataclass_fields__["copy_overlap"].default  # 0.8
 DEEPSPEED = Path(sys.executable).parent / "deepspeed"
 
 # Original sample texts of uneven length (the batching must sort them).
@@ -129,17 +131,28 @@ def test_part_store_ignores_torn_line_and_refuses_other_runs(tmp_path: Path) -> 
         PartStore(out, Replica(0, 1, 0, 1), {"config": {"a": 2}}).check()
 
 
+def test_refuse_overwrite_names_the_input_flag(tmp_path: Path) -> None:
+    out = str(tmp_path / "out.jsonl")
+    refuse_overwrite("judge", out, outputs=str(tmp_path / "a.json"), reference="b.json")
+    with pytest.raises(ConfigError, match=r"judge: --output .* would overwrite --reference"):
+        refuse_overwrite(
+            "judge", out, outputs="a.json", reference=str(tmp_path / "." / "out.jsonl")
+        )
+
+
 def test_drop_reasons() -> None:
     text = "Copper turns green because it reacts with air and water over many years."
-    assert augment.drop_reason("   ", text, 100) == "empty"
-    assert augment.drop_reason("Why does copper turn green? " * 10, text, 100) == "overlong"
+    assert augment.drop_reason("   ", text, 100, OVERLAP) == "empty"
     assert (
-        augment.drop_reason("copper turns green because it reacts", text, 100) == "copy of the text"
+        augment.drop_reason("Why does copper turn green? " * 10, text, 100, OVERLAP) == "overlong"
     )
-    assert augment.drop_reason("Copper", text, 100) == "copy of the text"
-    assert augment.drop_reason("Why does old copper change colour?", text, 100) == ""
-    # 2 of 3 trigrams copied is below COPY_OVERLAP (0.8)
-    assert not augment.is_copy("reacts with air today", text)
+    copied = "copper turns green because it reacts"
+    assert augment.drop_reason(copied, text, 100, OVERLAP) == "copy of the text"
+    assert augment.drop_reason("Copper", text, 100, OVERLAP) == "copy of the text"
+    assert augment.drop_reason("Why does old copper change colour?", text, 100, OVERLAP) == ""
+    # 1 of its 2 trigrams ("reacts with air") is copied: below the default overlap (0.8), a copy at 0.5
+    assert not augment.is_copy("reacts with air today", text, OVERLAP)
+    assert augment.is_copy("reacts with air today", text, 0.5)
 
 
 def test_augment_stage_single_process(tiny_model: Path, tmp_path: Path) -> None:
@@ -160,7 +173,7 @@ def test_augment_stage_single_process(tiny_model: Path, tmp_path: Path) -> None:
     manifest = json.loads((tmp_path / "cand.jsonl.manifest.json").read_text())
     dropped = sum(manifest["rejected"].values())
     assert len(cands) + dropped == len(segs) == manifest["counts"]["segments"]
-    assert manifest["counts"]["candidates"] == len(cands)
+    assert manifest["counts"]["candidates"] == manifest["counts"]["written"] == len(cands)
     assert manifest["rejected"]["too long for the model"] == 1
     assert [c.id for c in cands] == sorted(c.id for c in cands) and "seg-long" not in {
         c.id for c in cands
@@ -221,7 +234,7 @@ def test_tp2_greedy_matches_hf_generate(tiny_model: Path, tmp_path: Path) -> Non
         text = tok.decode(
             hf_greedy(tiny_model, prompts.backward_prompt(s.text), 12), skip_special_tokens=True
         ).strip()
-        if not augment.drop_reason(text, s.text, 1000):
+        if not augment.drop_reason(text, s.text, 1000, OVERLAP):
             want[s.id] = text
     assert got == want and len(got) >= 4
 
@@ -282,6 +295,13 @@ def test_kill_and_restart_gives_the_uninterrupted_file(tiny_model: Path, tmp_pat
 def test_kernel_inject_refused_on_cpu(tiny_model: Path) -> None:
     with pytest.raises(ConfigError, match="needs a GPU"):
         Generator(GenerationConfig(model=str(tiny_model), kernel_inject=True))
+
+
+def test_literal_special_tokens_in_text_are_data(tiny_model: Path) -> None:
+    gen = Generator(GenerationConfig(model=str(tiny_model)))
+    ids = gen.encode(prompts.backward_prompt("A page that ends with </s> and <s> in its text."))
+    eos, bos = gen.tokenizer.eos_token_id, gen.tokenizer.bos_token_id
+    assert eos not in ids and ids.count(bos) == 1 and ids[0] == bos
 
 
 def test_scoring_whole_continuations_matches_plain_model(tiny_model: Path) -> None:
@@ -345,18 +365,31 @@ def test_two_tp2_replicas_score_like_one_process(tiny_model: Path, tmp_path: Pat
 def test_shared_prefix_is_computed_once_with_same_results(tiny_model: Path) -> None:
     """Curation prompts share the ~1,400-token rubric: it runs once per batch, and greedy output
     is still plain HF `generate` token for token."""
-    gen = Generator(GenerationConfig(model=str(tiny_model), greedy=True))
     texts = [prompts.curation_prompt(f"Explain note {i}.", t) for i, t in enumerate(TEXTS[:4])]
-    rows = [gen.encode(t) for t in texts]
-    calls: list[int] = []
-    hook = gen.model.register_forward_pre_hook(
-        lambda _m, args, kw: calls.append(kw["input_ids"].shape[1]), with_kwargs=True
-    )
-    outs = gen.generate_ids(rows, [0] * 4, 6)
-    hook.remove()
+
+    def forwards(shared_prefix_min: int) -> tuple[list[list[int]], list[list[int]], list[int]]:
+        """(rows, greedy outputs, input widths of every forward pass)."""
+        cfg = GenerationConfig(
+            model=str(tiny_model), greedy=True, shared_prefix_min=shared_prefix_min
+        )
+        gen = Generator(cfg)
+        rows = [gen.encode(t) for t in texts]
+        calls: list[int] = []
+        hook = gen.model.register_forward_pre_hook(
+            lambda _m, args, kw: calls.append(kw["input_ids"].shape[1]), with_kwargs=True
+        )
+        outs = gen.generate_ids(rows, [0] * 4, 6)
+        hook.remove()
+        return rows, outs, calls
+
+    default = GenerationConfig.__dataclass_fields__["shared_prefix_min"].default
+    rows, outs, calls = forwards(default)
     shared = next(i for i in range(len(rows[0])) if len({tuple(r[: i + 1]) for r in rows}) > 1)
-    longest_tail = max(len(r) for r in rows) - shared
+    longest = max(len(r) for r in rows)
     # prefix once, then the left-padded tails, then one token per decoding step
-    assert shared > 1000 and calls == [shared, longest_tail, 1, 1, 1, 1, 1]
+    assert shared > 1000 and calls == [shared, longest - shared, 1, 1, 1, 1, 1]
     for text, out in zip(texts, outs, strict=True):
         assert out == hf_greedy(tiny_model, text, 6)
+    # a shared_prefix_min above the shared length: whole prompts in one pass, the same tokens
+    _, unshared_outs, unshared_calls = forwards(shared + 1)
+    assert unshared_calls == [longest, 1, 1, 1, 1, 1] and unshared_outs == outs

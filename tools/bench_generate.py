@@ -31,11 +31,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from humpback_ds import generator, modeling, prompts  # noqa: E402
+from humpback_ds import modeling, prompts  # noqa: E402
 from humpback_ds.config import CurateConfig, GenerationConfig, TinyModelConfig  # noqa: E402
 from humpback_ds.generator import Generator, Job, token_batches  # noqa: E402
 from humpback_ds.records import Candidate, Scored, load_records, write_records  # noqa: E402
 from humpback_ds.stages import curate  # noqa: E402
+
+NO_SHARED_PREFIX = 10**9  # a shared_prefix_min no batch reaches: every row runs its whole prompt
 
 WORDS = [
     "river",
@@ -180,7 +182,7 @@ def bench_curate(model: str, encode: Any, work: Path, args: argparse.Namespace) 
     runs = {"n": 0}
     parsed: dict[str, int] = {}
 
-    def stage(mode: str) -> Any:
+    def stage(mode: str, **extra: Any) -> Any:
         def go() -> None:
             runs["n"] += 1  # a fresh output each time: a finished output would only be merged again
             cfg = CurateConfig(
@@ -190,6 +192,7 @@ def bench_curate(model: str, encode: Any, work: Path, args: argparse.Namespace) 
                 output=str(work / f"r{runs['n']}" / f"scored_{mode}.jsonl"),
                 max_new_tokens=args.rationale_tokens,
                 token_budget=args.token_budget,
+                **extra,
             )
             scored = load_records(curate.run(cfg), Scored)
             parsed[mode] = sum(s.parsed for s in scored)
@@ -197,22 +200,12 @@ def bench_curate(model: str, encode: Any, work: Path, args: argparse.Namespace) 
 
         return go
 
-    def unshared(mode: str) -> Any:
-        def go() -> None:
-            saved, generator.SHARED_PREFIX_MIN = generator.SHARED_PREFIX_MIN, 10**9
-            try:
-                stage(mode)()
-            finally:
-                generator.SHARED_PREFIX_MIN = saved
-
-        return go
-
     times = repeat(
         {
             "logprob": stage("logprob"),
             "generate": stage("generate"),
-            "logprob_no_shared_prefix": unshared("logprob"),
-            "generate_no_shared_prefix": unshared("generate"),
+            "logprob_no_shared_prefix": stage("logprob", shared_prefix_min=NO_SHARED_PREFIX),
+            "generate_no_shared_prefix": stage("generate", shared_prefix_min=NO_SHARED_PREFIX),
         },
         args.repeats,
     )

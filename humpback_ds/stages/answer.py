@@ -19,11 +19,17 @@ from pathlib import Path
 from typing import Any
 
 from humpback_ds import console, dist, prompts
-from humpback_ds.config import AnswerConfig, ConfigError, to_dict
-from humpback_ds.generator import Generator, Job, PartStore, fingerprint, record_seed, run_jobs
-from humpback_ds.manifest import Manifest
+from humpback_ds.config import AnswerConfig, ConfigError
+from humpback_ds.generator import Generator, Job, record_seed
+from humpback_ds.parts import (
+    PartStore,
+    open_store,
+    part_line,
+    refuse_overwrite,
+    run_jobs,
+    stage_manifest,
+)
 from humpback_ds.records import DataError, open_text, write_json
-from humpback_ds.stages.augment import model_inputs
 
 ALPACA_EVAL_KEYS = ("instruction", "output", "generator", "dataset")
 DEFAULT_DATASET = "humpback-ds"  # the "dataset" of a prompt that names none
@@ -122,14 +128,12 @@ def _write(cfg: AnswerConfig, store: PartStore, items: list[EvalPrompt]) -> list
 
 
 def run(cfg: AnswerConfig) -> Path:
-    if Path(cfg.output).resolve() == Path(cfg.prompts).resolve():
-        raise ConfigError(f"answer: --output {cfg.output} would overwrite --prompts")
+    refuse_overwrite("answer", cfg.output, prompts=cfg.prompts)
     items = load_eval_prompts(cfg.prompts)
     name = generator_name(cfg)
     gen = Generator(cfg)
     by_id = {p.id: p for p in items}
-    inputs = [Path(cfg.prompts), *model_inputs(cfg.model)]
-    store = PartStore(cfg.output, gen.replica, fingerprint(cfg, inputs))
+    store, inputs = open_store(cfg, gen.replica, cfg.prompts)
 
     def make_job(p: EvalPrompt) -> Job:
         ids = gen.encode(build_prompt(p.instruction, cfg.tag))
@@ -146,18 +150,22 @@ def run(cfg: AnswerConfig) -> Path:
                 "generator": name,
                 "dataset": p.dataset,
             }
-            rows.append({"id": job.id, "record": rec, "reason": ""})
+            rows.append(part_line(job.id, rec))
         return rows
 
     resumed = run_jobs(gen, store, items, make_job, work, cfg.max_new_tokens, "prompt")
     if dist.is_main():
         rows = _write(cfg, store, items)
-        manifest = Manifest("answer", to_dict(cfg))
-        for p in inputs:
-            manifest.add_input(p)
+        manifest = stage_manifest("answer", cfg, inputs)
         empty = sum(not r["output"].strip() for r in rows)
         manifest.counts.update(
-            {"prompts": len(items), "answers": len(rows), "empty": empty, "resumed": resumed}
+            {
+                "prompts": len(items),
+                "answers": len(rows),
+                "written": len(rows),
+                "empty": empty,
+                "resumed": resumed,
+            }
         )
         manifest.extra.update(
             {"generator": name, "prompt_template": build_prompt("{instruction}", cfg.tag)}

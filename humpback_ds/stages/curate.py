@@ -20,18 +20,17 @@ from typing import Any
 
 from humpback_ds import console, dist, prompts
 from humpback_ds.config import ConfigError, CurateConfig, to_dict
-from humpback_ds.generator import (
-    Generator,
-    Job,
+from humpback_ds.generator import Generator, Job, record_seed
+from humpback_ds.parts import (
     PartStore,
-    fingerprint,
+    open_store,
+    part_line,
     read_unique,
-    record_seed,
+    refuse_overwrite,
     run_jobs,
+    stage_manifest,
 )
-from humpback_ds.manifest import Manifest
 from humpback_ds.records import Candidate, Scored, load_records
-from humpback_ds.stages.augment import model_inputs
 
 CHOICES = [f" {k}" for k in prompts.SCORES]
 
@@ -44,17 +43,26 @@ def normalise(logps: list[float]) -> list[float]:
     return [w / total for w in weights]
 
 
-def from_logprobs(cand: Candidate, cfg: CurateConfig, logps: list[float]) -> Scored:
-    probs = normalise(logps)
-    best = max(range(len(probs)), key=lambda i: (probs[i], -i))
-    expected = sum(k * p for k, p in zip(prompts.SCORES, probs, strict=True))
+def _scored(cand: Candidate, cfg: CurateConfig, **rating: Any) -> Scored:
+    """`cand` with its rating by cfg.model (mode, score, parsed, ...)."""
     return Scored(
         id=cand.id,
         segment_id=cand.segment_id,
         instruction=cand.instruction,
         output=cand.output,
-        mode="logprob",
         model=cfg.model,
+        **rating,
+    )
+
+
+def from_logprobs(cand: Candidate, cfg: CurateConfig, logps: list[float]) -> Scored:
+    probs = normalise(logps)
+    best = max(range(len(probs)), key=lambda i: (probs[i], -i))
+    expected = sum(k * p for k, p in zip(prompts.SCORES, probs, strict=True))
+    return _scored(
+        cand,
+        cfg,
+        mode="logprob",
         score=float(prompts.SCORES[best]),
         parsed=True,
         probs=probs,
@@ -75,13 +83,10 @@ def from_samples(cand: Candidate, cfg: CurateConfig, texts: list[str], seeds: li
         "max_new_tokens": cfg.max_new_tokens,
         "num_samples": cfg.num_samples,
     }
-    return Scored(
-        id=cand.id,
-        segment_id=cand.segment_id,
-        instruction=cand.instruction,
-        output=cand.output,
+    return _scored(
+        cand,
+        cfg,
         mode="generate",
-        model=cfg.model,
         score=sum(scores) / len(scores) if scores else None,
         parsed=bool(scores),
         reason=reason,
@@ -92,18 +97,15 @@ def from_samples(cand: Candidate, cfg: CurateConfig, texts: list[str], seeds: li
 
 def too_long(cand: Candidate, cfg: CurateConfig, positions: int) -> dict[str, Any]:
     """A candidate whose rating prompt does not fit the model: kept unparsed, with the reason."""
-    s = Scored(
-        id=cand.id,
-        segment_id=cand.segment_id,
-        instruction=cand.instruction,
-        output=cand.output,
+    s = _scored(
+        cand,
+        cfg,
         mode=cfg.mode,
-        model=cfg.model,
         score=None,
         parsed=False,
         reason=f"rating prompt longer than the model's {positions} positions",
     )
-    return {"id": s.id, "record": to_dict(s), "reason": ""}
+    return part_line(s.id, to_dict(s))
 
 
 def _worker(cfg: CurateConfig, gen: Generator, by_id: dict[str, Candidate]) -> tuple[Any, Any, int]:
@@ -119,7 +121,7 @@ def _worker(cfg: CurateConfig, gen: Generator, by_id: dict[str, Candidate]) -> t
                 from_logprobs(by_id[j.id], cfg, lp)
                 for j, lp in zip(batch, gen.score(batch), strict=True)
             ]
-            return [{"id": s.id, "record": to_dict(s), "reason": ""} for s in scored]
+            return [part_line(s.id, to_dict(s)) for s in scored]
 
         return make_job, work, 0
 
@@ -135,7 +137,7 @@ def _worker(cfg: CurateConfig, gen: Generator, by_id: dict[str, Candidate]) -> t
         scored = [
             from_samples(by_id[j.id], cfg, t, j.seeds) for j, t in zip(batch, texts, strict=True)
         ]
-        return [{"id": s.id, "record": to_dict(s), "reason": ""} for s in scored]
+        return [part_line(s.id, to_dict(s)) for s in scored]
 
     return make_job, work, cfg.max_new_tokens
 
@@ -143,13 +145,11 @@ def _worker(cfg: CurateConfig, gen: Generator, by_id: dict[str, Candidate]) -> t
 def run(cfg: CurateConfig) -> Path:
     if cfg.num_samples < 1:
         raise ConfigError(f"curate: --num_samples must be >= 1, got {cfg.num_samples}")
-    if Path(cfg.output).resolve() == Path(cfg.candidates).resolve():
-        raise ConfigError(f"curate: --output {cfg.output} would overwrite --candidates")
+    refuse_overwrite("curate", cfg.output, candidates=cfg.candidates)
     candidates = read_unique(cfg.candidates, Candidate, cfg.output, cfg.max_bad_fraction)
     gen = Generator(cfg)
     by_id = {c.id: c for c in candidates}
-    inputs = [Path(cfg.candidates), *model_inputs(cfg.model)]
-    store = PartStore(cfg.output, gen.replica, fingerprint(cfg, inputs))
+    store, inputs = open_store(cfg, gen.replica, cfg.candidates)
     make_job, work, new_tokens = _worker(cfg, gen, by_id)
     resumed = run_jobs(gen, store, candidates, make_job, work, new_tokens, "cand")
     if dist.is_main():
@@ -160,9 +160,7 @@ def run(cfg: CurateConfig) -> Path:
 def _finish(
     cfg: CurateConfig, store: PartStore, inputs: list[Path], read: int, resumed: int
 ) -> None:
-    manifest = Manifest("curate", to_dict(cfg))
-    for p in inputs:
-        manifest.add_input(p)
+    manifest = stage_manifest("curate", cfg, inputs)
     written, _ = store.merge()
     scored = load_records(cfg.output, Scored)
     unparsed = Counter(s.reason for s in scored if not s.parsed)
@@ -171,6 +169,7 @@ def _finish(
         {
             "candidates": read,
             "scored": written,
+            "written": written,
             "parsed": written - sum(unparsed.values()),
             "unparsed": sum(unparsed.values()),
             "resumed": resumed,

@@ -24,12 +24,18 @@ from pathlib import Path
 from typing import Any
 
 from humpback_ds import console, dist, prompts, winrate
-from humpback_ds.config import ConfigError, JudgeConfig, to_dict
-from humpback_ds.generator import Generator, Job, PartStore, fingerprint, record_seed, run_jobs
-from humpback_ds.manifest import Manifest
+from humpback_ds.config import JudgeConfig
+from humpback_ds.generator import Generator, Job, record_seed
+from humpback_ds.parts import (
+    PartStore,
+    open_store,
+    part_line,
+    refuse_overwrite,
+    run_jobs,
+    stage_manifest,
+)
 from humpback_ds.records import AtomicWriter, DataError
 from humpback_ds.stages.answer import read_prompts
-from humpback_ds.stages.augment import model_inputs
 
 TRUNCATED = " [...]"  # marks an answer cut to fit the judge's context
 CONTEXT_MARGIN = 8  # tokens kept free beyond the prompt (and generate mode's max_new_tokens)
@@ -185,8 +191,7 @@ def _worker(cfg: JudgeConfig, gen: Generator, by_id: dict[str, Side]) -> tuple[A
 
         def work(batch: list[Job]) -> list[dict[str, Any]]:
             return [
-                {"id": j.id, "record": {"logp": lp}, "reason": ""}
-                for j, lp in zip(batch, gen.score(batch), strict=True)
+                part_line(j.id, {"logp": lp}) for j, lp in zip(batch, gen.score(batch), strict=True)
             ]
 
         return make_job, work, 0
@@ -197,7 +202,7 @@ def _worker(cfg: JudgeConfig, gen: Generator, by_id: dict[str, Side]) -> tuple[A
     def work(batch: list[Job]) -> list[dict[str, Any]]:  # type: ignore[no-redef]
         texts = gen.generate(batch, cfg.max_new_tokens)
         return [
-            {"id": j.id, "record": {"text": t[0], "verdict": parse_verdict(t[0])}, "reason": ""}
+            part_line(j.id, {"text": t[0], "verdict": parse_verdict(t[0])})
             for j, t in zip(batch, texts, strict=True)
         ]
 
@@ -205,16 +210,13 @@ def _worker(cfg: JudgeConfig, gen: Generator, by_id: dict[str, Side]) -> tuple[A
 
 
 def run(cfg: JudgeConfig) -> Path:
-    out = Path(cfg.output).resolve()
-    if out in (Path(cfg.outputs).resolve(), Path(cfg.reference).resolve()):
-        raise ConfigError(f"judge: --output {cfg.output} would overwrite an input")
+    refuse_overwrite("judge", cfg.output, outputs=cfg.outputs, reference=cfg.reference)
     pairs = match(cfg.outputs, cfg.reference)
     gen = Generator(cfg)
     reserve = CONTEXT_MARGIN + (cfg.max_new_tokens if cfg.mode == "generate" else 0)
     pairs, cut = fit(gen, pairs, reserve)
     work_items = sides(pairs)
-    inputs = [Path(cfg.outputs), Path(cfg.reference), *model_inputs(cfg.model)]
-    store = PartStore(cfg.output, gen.replica, fingerprint(cfg, inputs))
+    store, inputs = open_store(cfg, gen.replica, cfg.outputs, cfg.reference)
     make_job, work, new_tokens = _worker(cfg, gen, {s.id: s for s in work_items})
     resumed = run_jobs(gen, store, work_items, make_job, work, new_tokens, "side")
     if dist.is_main():
@@ -244,11 +246,15 @@ def _finish(
         (r.get("verdict_a_first", 0) is None) + (r.get("verdict_b_first", 0) is None)
         for r in records
     )
-    manifest = Manifest("judge", to_dict(cfg))
-    for path in inputs:
-        manifest.add_input(path)
+    manifest = stage_manifest("judge", cfg, inputs)
     manifest.counts.update(
-        {"pairs": len(records), "judge_calls": len(done), "unparsed_verdicts": unparsed, **counts}
+        {
+            "pairs": len(records),
+            "written": w.count,
+            "judge_calls": len(done),
+            "unparsed_verdicts": unparsed,
+            **counts,
+        }
     )
     a, b = pairs[0].generator_a, pairs[0].generator_b
     manifest.extra.update(
