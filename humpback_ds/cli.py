@@ -87,6 +87,17 @@ PIPELINE = {
 }
 
 
+PIPELINE_USAGE = """usage:
+  humpback-ds run --config RUN.toml [--force] [--steps a,b | --from STEP --until STEP] [--<run field>=v]
+  humpback-ds iterate --config RUN.toml --iteration T [--force]
+  humpback-ds status --run_dir DIR   (or --config RUN.toml)
+
+The run file has a [run] table (the fields below) and one table per stage ([seed], [segment],
+[train] with [train.backward] / [train.seed] / [train.iteration], [augment], [curate], [select],
+[answer], [judge], [report]); launchers/demo.toml is a complete example. A finished step is skipped;
+a changed one is refused unless --force, which re-runs it and the steps downstream of it."""
+
+
 def _strip_local_rank(argv: list[str]) -> list[str]:
     out, skip = [], False
     for i, arg in enumerate(argv):
@@ -143,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     if stage in PIPELINE:
         from humpback_ds import pipeline
 
+        if any(a in ("-h", "--help") for a in rest):
+            print(f"humpback-ds {stage}: {PIPELINE[stage]}\n\n{PIPELINE_USAGE}\n")
+            print(C.describe(C.RunConfig))
+            return 0
         try:
             return pipeline.main(stage, rest)
         except (C.ConfigError, DataError) as e:

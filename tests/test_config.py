@@ -96,3 +96,9 @@ def test_cli_exit_codes_and_help(capsys):
         "--x",
         "1",
     ]
+
+
+def test_pipeline_commands_have_help(capsys):
+    assert cli.main(["run", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "humpback-ds iterate --config RUN.toml --iteration T" in out and "--run_dir" in out
