@@ -13,6 +13,9 @@ Decisions (tested in tests/test_trainer.py):
 - Learning rate: torch.optim.AdamW as client optimizer, LambdaLR from lr at the first step to the
   absolute final_lr at the last step, linearly (METHOD.md 'Training recipe').
 - Dropout is reseeded at every step from (seed, step, rank): a resumed run draws the same masks.
+- A lost rank (killed, node down, hung): the survivors' next collective fails (at once for a
+  closed connection, after dist.collective_timeout() otherwise) and train() re-raises it as
+  dist.RankLost naming the lost rank, host and pid; rerun the same command to resume.
 - Pre-emption: SIGUSR1/SIGTERM or cfg.stop_file -> checkpoint at the next step boundary and exit
   with EXIT_PREEMPTED (75, EX_TEMPFAIL): not 0, so `afterok` dependents do not start; rerun (or
   requeue) the same command to resume.
@@ -202,7 +205,13 @@ class Trainer:
         self.stop = StopRequest(cfg.stop_file)
 
     def train(self) -> list[dict[str, Any]]:
-        """All remaining steps; returns the metrics of the steps run now."""
+        """All remaining steps; returns the metrics of the steps run now. A lost rank makes the
+        others raise dist.RankLost naming it, within the collective timeout at the latest."""
+        hint = f"Rerun the same command to resume from the last checkpoint in {self.ckpt_dir}"
+        with dist.lost_rank_guard(hint):
+            return self._train()
+
+    def _train(self) -> list[dict[str, Any]]:
         start = self._resume()
         done: list[dict[str, Any]] = []
         bar = console.progress("step", extra=[TextColumn("{task.fields[info]}")])
@@ -272,12 +281,18 @@ class Trainer:
         }
 
     def save(self, step: int) -> None:
-        """A resumable DeepSpeed checkpoint; older ones beyond KEEP_CHECKPOINTS are removed."""
+        """A resumable DeepSpeed checkpoint; older ones beyond KEEP_CHECKPOINTS are removed.
+        'latest' names it only once every rank has written its part (DeepSpeed's rank 0 would
+        write it after its own part: a rank lost meanwhile left a partial checkpoint as latest)."""
+        tag = f"step{step}"
         self.engine.save_checkpoint(
-            str(self.ckpt_dir), tag=f"step{step}", client_state={"step": step}
+            str(self.ckpt_dir), tag=tag, client_state={"step": step}, save_latest=False
         )
         dist.barrier()
         if dist.is_main():
+            tmp = self.ckpt_dir / "latest.tmp"
+            tmp.write_text(tag, encoding="utf-8")
+            tmp.replace(self.ckpt_dir / "latest")
             steps = {
                 p: int(m[1])
                 for p in self.ckpt_dir.iterdir()
