@@ -482,7 +482,8 @@ def summary(step: Step) -> tuple[Any, str, Any]:
     elif m.get("rejected"):
         result = "rejected " + ", ".join(f"{k} {v}" for k, v in m["rejected"].items() if v)
     record = json.loads(step.record.read_text()) if step.record.is_file() else {}
-    return _records(counts), result, record.get("wall_time_s", m.get("wall_time_s", ""))
+    wall = record.get("wall_time_s", m.get("wall_time_s"))
+    return _records(counts), result, "" if wall is None else f"{wall:.1f}"
 
 
 def status_rows(steps: list[Step]) -> list[tuple]:

@@ -100,6 +100,11 @@ done
 
 # The module may live in the project tree (tests/dist_probe.py) rather than the installed package.
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
+# Quieter logs: every rank would print transformers' weight-loading bars (the stages show their own
+# progress on rank 0), and DeepSpeed 0.19 calls torch.distributed functions that torch 2.13 marks
+# deprecated, a FutureWarning per rank and call. Set either variable to see them again.
+export HF_HUB_DISABLE_PROGRESS_BARS=${HF_HUB_DISABLE_PROGRESS_BARS:-1}
+export PYTHONWARNINGS=${PYTHONWARNINGS:-ignore::FutureWarning}
 echo "launch.sh: node $node_rank/$nnodes, $nproc processes, master $master_addr:$master_port," \
   "python -m $module $*" >&2
 "$python" -m deepspeed.launcher.runner --hostfile "$hostfile" --no_ssh \
