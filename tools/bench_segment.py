@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import resource
 import subprocess
@@ -110,6 +111,9 @@ class Generator:
         if len(self.pages) < 200:
             self.pages.append(html)
         return html
+
+
+LOAD_AT_START = os.getloadavg()[0]  # how busy the machine was (recorded in the doc)
 
 
 def generate(root: Path, shards: int, shard_mb: int) -> list[Path]:
@@ -276,10 +280,10 @@ def report(rows: list[dict], speeds: tuple[float, ...], command: str) -> str:
         "Wall time includes interpreter start-up (~0.5 s) and hashing the inputs for "
         "the manifest.",
         "",
-        "Noise: measured on a 2-core machine shared with five other engineers' jobs running "
-        "at the same time, so wall-clock figures are noisy and pessimistic (compare wall s with "
-        "CPU s: the stage got a fraction of the cores), and 2 workers cannot beat 1 worker when "
-        "both cores are already busy. MB per CPU-s is the figure to hold against the aim of "
+        f"Machine: {os.cpu_count()} cores, 1-minute load average {LOAD_AT_START:.2f} when the "
+        "run started. On a shared machine wall-clock figures are pessimistic (compare wall s "
+        "with CPU s: the stage got a fraction of the cores) and 2 workers cannot beat 1 when "
+        "both cores are busy; MB per CPU-s is then the figure to hold against the aim of "
         ">= 5 MB/s of HTML per process.",
         "",
         "| corpus MB | workers | wall s | MB/s | MB/s per process | CPU s | MB per CPU-s "
