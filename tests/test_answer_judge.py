@@ -6,11 +6,11 @@ import json
 import math
 import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from procs import DEEPSPEED, run_group
 
 from humpback_ds import prompts
 from humpback_ds.config import AnswerConfig, JudgeConfig, ReportConfig
@@ -257,16 +257,15 @@ def _launch(args: list[str], nproc: int) -> None:
     if nproc == 1:
         cmd = [sys.executable, "-m", "humpback_ds", *args]
     else:
-        deepspeed = Path(sys.executable).parent / "deepspeed"
         cmd = [
-            str(deepspeed),
+            str(DEEPSPEED),
             f"--num_gpus={nproc}",
             "--master_port=29523",
             "--module",
             "humpback_ds",
             *args,
         ]
-    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    res = run_group(cmd, env)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from procs import DEEPSPEED, run_group
 
 from humpback_ds import modeling, prompts
 from humpback_ds.config import AugmentConfig, ConfigError, GenerationConfig
@@ -26,7 +27,6 @@ from humpback_ds.stages import augment
 
 ROOT = Path(__file__).resolve().parent.parent
 OVERLAP = AugmentConfig.__dataclass_fields__["copy_overlap"].default  # 0.8
-DEEPSPEED = Path(sys.executable).parent / "deepspeed"
 
 # Original sample texts of uneven length (the batching must sort them).
 TEXTS = [
@@ -216,7 +216,7 @@ def launch(args: list[str], nproc: int) -> subprocess.CompletedProcess[str]:
         cmd = [sys.executable, *args]
     else:
         cmd = [str(DEEPSPEED), f"--num_gpus={nproc}", "--master_port=29517", "--module", *args[1:]]
-    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    res = run_group(cmd, env)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     return res
 

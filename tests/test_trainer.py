@@ -35,10 +35,10 @@ from humpback_ds.trainer import (
 )
 
 sys.path.insert(0, str(Path(__file__).parent))
+from procs import DEEPSPEED, run_group  # noqa: E402
 from test_sft_data import make_pairs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-DEEPSPEED = Path(sys.executable).parent / "deepspeed"
 STEPS, GLOBAL_BATCH, SEQ = 10, 8, 64
 CLIP = 1.0  # ds_configs/zero3_cpu.json gradient_clipping
 
@@ -186,16 +186,11 @@ def train_args(model_dir: Path, data: Path, out: Path, **kw) -> list[str]:
     return ["--module", "humpback_ds", "train", *[f"--{k}={v}" for k, v in args.items()]]
 
 
-def launch(launcher_args: list[str], args: list[str], expect: int = 0) -> subprocess.Popen:
+def launch(
+    launcher_args: list[str], args: list[str], expect: int = 0
+) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [str(DEEPSPEED), *launcher_args, *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
+    proc = run_group([str(DEEPSPEED), *launcher_args, *args], env)
     assert proc.returncode == expect, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -163,25 +162,6 @@ def already_done(cfg: TrainConfig, manifest: Manifest) -> bool:
     return True
 
 
-def init_process_group() -> None:
-    """dist.init, plus a one-process group when started without a launcher (plain `python -m`):
-    DeepSpeed would otherwise fall back to MPI discovery (mpi4py) and fail."""
-    if "RANK" not in os.environ:
-        import socket
-
-        import deepspeed
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(port))
-        if not dist.cuda_available():
-            os.environ.setdefault("DS_ACCELERATOR", "cpu")
-        deepspeed.init_distributed(timeout=dist.collective_timeout())
-    dist.init()
-
-
 def run(cfg: TrainConfig) -> Path:
     out = Path(cfg.output_dir)
     manifest = Manifest("train", to_dict(cfg))
@@ -193,7 +173,7 @@ def run(cfg: TrainConfig) -> Path:
     if already_done(cfg, manifest):
         dist.print0(f"train: {out} is complete for this config and data; skipped")
         return out
-    init_process_group()
+    dist.init(always=True)  # ZeRO needs a process group, even of one process
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = load_tokenizer(cfg.base_model, padding_side="right")
     examples = load_examples(cfg, tokenizer, manifest)

@@ -1,0 +1,53 @@
+"""Running launched jobs from tests without leaving anything behind.
+
+`run_group` is `subprocess.run` for a launcher and its ranks: the command gets a process group of
+its own, and on a timeout the WHOLE group is killed. (`subprocess.run(timeout=...)` kills only the
+launcher: its ranks live on, keep cores busy and slow every later test.)
+`shm_buffers` lists DeepSpeed's CPU all-reduce files in /dev/shm (66 MB of RAM each until removed).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEEPSPEED = Path(sys.executable).parent / "deepspeed"
+SHM_DIR = Path("/dev/shm")
+
+
+def run_group(
+    cmd: Sequence[str],
+    env: Mapping[str, str] | None = None,
+    timeout: float = 400,
+    cwd: Path = ROOT,
+) -> subprocess.CompletedProcess[str]:
+    """Run `cmd` in a new session; on timeout kill its process group and fail with its output."""
+    with subprocess.Popen(
+        list(cmd),
+        cwd=cwd,
+        env=None if env is None else dict(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    ) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+            raise AssertionError(
+                f"{' '.join(map(str, cmd))} ran past {timeout} s and was killed with its ranks\n"
+                + out[-3000:]
+                + err[-3000:]
+            ) from None
+    return subprocess.CompletedProcess(list(cmd), proc.returncode, out, err)
+
+
+def shm_buffers() -> set[Path]:
+    return set(SHM_DIR.glob("deepspeed_allreduce_buffer_*"))
