@@ -32,6 +32,16 @@ def no_shm_buffer_left_behind() -> Iterator[None]:
     assert not left, f"the test left DeepSpeed shm all-reduce buffers behind: {left}"
 
 
+@pytest.fixture
+def spawn() -> Iterator[object]:
+    """procs.Spawner: background launchers whose process groups are killed when the test ends."""
+    from procs import Spawner
+
+    spawner = Spawner()
+    yield spawner
+    spawner.close()
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny LLaMA + SentencePiece tokenizer HF checkpoint, built once per test session."""

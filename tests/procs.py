@@ -3,13 +3,17 @@
 `run_group` is `subprocess.run` for a launcher and its ranks: the command gets a process group of
 its own, and on a timeout the WHOLE group is killed. (`subprocess.run(timeout=...)` kills only the
 launcher: its ranks live on, keep cores busy and slow every later test.)
+`Spawner` (the `spawn` fixture) starts background launchers the same way and kills their groups
+when the test ends, passed or failed.
 `shm_buffers` lists DeepSpeed's CPU all-reduce files in /dev/shm (66 MB of RAM each until removed).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -47,6 +51,31 @@ def run_group(
                 + err[-3000:]
             ) from None
     return subprocess.CompletedProcess(list(cmd), proc.returncode, out, err)
+
+
+class Spawner:
+    """Background processes, each in a process group of its own, all killed by `close`."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen] = []
+
+    def popen(self, cmd: Sequence[str], **kwargs: object) -> subprocess.Popen:
+        proc = subprocess.Popen(list(cmd), start_new_session=True, **kwargs)  # type: ignore[call-overload]
+        self.procs.append(proc)
+        return proc
+
+    def close(self) -> None:
+        """Kill every group, even of a launcher that has exited (its ranks may still run)."""
+        for proc in self.procs:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def shm_buffers() -> set[Path]:

@@ -23,6 +23,7 @@ from humpback_ds import dist
 from humpback_ds.records import write_records
 
 sys.path.insert(0, str(Path(__file__).parent))
+from procs import Spawner, free_port  # noqa: E402
 from test_sft_data import make_pairs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,14 +34,8 @@ TIMEOUT_S = 30  # HUMPBACK_COLLECTIVE_TIMEOUT_S of these runs
 BOUND_S = TIMEOUT_S + 3 * dist.HEARTBEAT_S + 25
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch(
-    launcher: list[str], stage: list[str], log: Path, timeout_s: int = TIMEOUT_S
+    spawn: Spawner, launcher: list[str], stage: list[str], log: Path, timeout_s: int = TIMEOUT_S
 ) -> subprocess.Popen:
     env = {
         **os.environ,
@@ -50,7 +45,7 @@ def launch(
         "HUMPBACK_HEARTBEAT_WARN_S": "5",
     }
     with log.open("w") as f:
-        return subprocess.Popen(
+        return spawn.popen(
             ["bash", "launchers/launch.sh", *launcher, *stage],
             cwd=ROOT,
             env=env,
@@ -120,13 +115,14 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_killed_rank_on_another_node_is_named_and_a_rerun_resumes(
-    tiny_model: Path, data: Path, tmp_path: Path
+    tiny_model: Path, data: Path, tmp_path: Path, spawn: Spawner
 ) -> None:
     out = tmp_path / "out"
     stage = stage_args(tiny_model, data, out)
     logs = [tmp_path / "node0.log", tmp_path / "node1.log"]
     procs = [
-        launch(opts, stage, log) for opts, log in zip(two_nodes(free_port()), logs, strict=True)
+        launch(spawn, opts, stage, log)
+        for opts, log in zip(two_nodes(free_port()), logs, strict=True)
     ]
     wait_for(out / "checkpoints" / "latest", procs, logs)
     victim = rank_pid(out, 1)
@@ -147,7 +143,8 @@ def test_killed_rank_on_another_node_is_named_and_a_rerun_resumes(
 
     # resubmit: the same command (on a fresh port, as a new job would get)
     procs = [
-        launch(opts, stage, log) for opts, log in zip(two_nodes(free_port()), logs, strict=True)
+        launch(spawn, opts, stage, log)
+        for opts, log in zip(two_nodes(free_port()), logs, strict=True)
     ]
     codes = [p.wait(timeout=600) for p in procs]
     log0 = logs[0].read_text()
@@ -164,13 +161,16 @@ def test_killed_rank_on_another_node_is_named_and_a_rerun_resumes(
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_killed_rank_under_one_launcher_is_named(
-    tiny_model: Path, data: Path, tmp_path: Path
+    tiny_model: Path, data: Path, tmp_path: Path, spawn: Spawner
 ) -> None:
     """One launcher, 2 processes: it kills the survivor too, but only after its message."""
     out = tmp_path / "out"
     log = tmp_path / "node.log"
     proc = launch(
-        ["--nproc", "2", "--master_port", str(free_port())], stage_args(tiny_model, data, out), log
+        spawn,
+        ["--nproc", "2", "--master_port", str(free_port())],
+        stage_args(tiny_model, data, out),
+        log,
     )
     wait_for(out / "checkpoints" / "latest", [proc], [log])
     victim = rank_pid(out, 1)
@@ -188,14 +188,14 @@ def test_killed_rank_under_one_launcher_is_named(
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_hung_rank_is_named_after_the_collective_timeout(
-    tiny_model: Path, data: Path, tmp_path: Path
+    tiny_model: Path, data: Path, tmp_path: Path, spawn: Spawner
 ) -> None:
     """SIGSTOP keeps rank 1's sockets open: only the collective timeout ends rank 0's wait."""
     out, timeout_s = tmp_path / "out", 15
     stage = stage_args(tiny_model, data, out)
     logs = [tmp_path / "node0.log", tmp_path / "node1.log"]
     opts = two_nodes(free_port())
-    procs = [launch(o, stage, log, timeout_s) for o, log in zip(opts, logs, strict=True)]
+    procs = [launch(spawn, o, stage, log, timeout_s) for o, log in zip(opts, logs, strict=True)]
     wait_for(out / "checkpoints" / "latest", procs, logs)
     victim = rank_pid(out, 1)
     os.kill(victim, signal.SIGSTOP)

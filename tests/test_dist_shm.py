@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from procs import DEEPSPEED, ROOT, SHM_DIR, run_group, shm_buffers
+from procs import DEEPSPEED, ROOT, SHM_DIR, free_port, run_group, shm_buffers
 
 # Every rank: initialise (plain DeepSpeed or humpback_ds.dist), all-reduce through the shm op
 # (a small tensor takes DeepSpeed's naive path, a 4 MB one its distributed path), write what it saw.
@@ -42,12 +41,6 @@ seen = {"sums": sums, "own_file": dist.shm_buffer_path().exists()}
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run(script: Path, mode: str, port: int) -> list[dict]:
     out = script.parent / f"{mode}-{port}"
     out.mkdir()
@@ -69,7 +62,7 @@ def test_plain_deepspeed_leaves_buffers_and_dist_init_releases_them(tmp_path: Pa
         pytest.skip("no /dev/shm")
     script = tmp_path / "probe.py"
     script.write_text(PROBE)
-    port = _free_port()
+    port = free_port()
     plain = _run(script, "plain", port)
     leaked = _files(port)
     for name in leaked:  # the trap shown; cleaned up before the no-leak check of conftest
@@ -78,7 +71,7 @@ def test_plain_deepspeed_leaves_buffers_and_dist_init_releases_them(tmp_path: Pa
     assert leaked == [f"deepspeed_allreduce_buffer_{uid}_127.0.0.1_{port}_{r}" for r in (0, 1)]
     assert [d["sums"] for d in plain] == [[[3.0], [3.0]]] * 2
 
-    port = _free_port()
+    port = free_port()
     ours = _run(script, "humpback", port)
     assert _files(port) == []
     assert [d["own_file"] for d in ours] == [False, False]  # unlinked before the all-reduces
@@ -88,8 +81,8 @@ def test_plain_deepspeed_leaves_buffers_and_dist_init_releases_them(tmp_path: Pa
 def test_clean_shm_removes_only_unmapped_buffers() -> None:
     if not SHM_DIR.is_dir():
         pytest.skip("no /dev/shm")
-    stale = SHM_DIR / f"deepspeed_allreduce_buffer_{os.getuid()}_test_{_free_port()}_0"
-    live = SHM_DIR / f"deepspeed_allreduce_buffer_{os.getuid()}_test_{_free_port()}_1"
+    stale = SHM_DIR / f"deepspeed_allreduce_buffer_{os.getuid()}_test_{free_port()}_0"
+    live = SHM_DIR / f"deepspeed_allreduce_buffer_{os.getuid()}_test_{free_port()}_1"
     stale.write_bytes(b"\0" * 4096)
     live.write_bytes(b"\0" * 8192)
     holder = subprocess.Popen(  # maps `live` like a running rank, until its stdin closes

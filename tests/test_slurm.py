@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import slurm_cluster
+from procs import Spawner, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCH = ROOT / "launchers" / "launch.sh"
@@ -25,12 +26,6 @@ PROBE_ENV = {"NPROC": "1", "HUMPBACK_MODULE": "tests.dist_probe", "DS_ACCELERATO
 
 def _runs(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --- without Slurm ---------------------------------------------------------------------------
@@ -69,7 +64,7 @@ def test_stage_refuses_to_run_outside_slurm() -> None:
 @pytest.mark.dist
 @pytest.mark.slow
 def test_launch_single_node_two_processes(tmp_path: Path) -> None:
-    env = {**os.environ, **PROBE_ENV, "NPROC": "2", "MASTER_PORT": str(_free_port())}
+    env = {**os.environ, **PROBE_ENV, "NPROC": "2", "MASTER_PORT": str(free_port())}
     proc = subprocess.run(
         ["bash", str(LAUNCH), "--", "--out", str(tmp_path)],
         capture_output=True,
@@ -88,12 +83,12 @@ def test_launch_single_node_two_processes(tmp_path: Path) -> None:
 
 @pytest.mark.dist
 @pytest.mark.slow
-def test_launch_two_nodes_no_ssh(tmp_path: Path) -> None:
+def test_launch_two_nodes_no_ssh(tmp_path: Path, spawn: Spawner) -> None:
     """What stage.sh does per node, without Slurm: two launchers, node ranks 0 and 1."""
     env = {**os.environ, **PROBE_ENV}
-    common = ["--no_ssh", "--nnodes", "2", "--nproc", "1", "--master_port", str(_free_port())]
+    common = ["--no_ssh", "--nnodes", "2", "--nproc", "1", "--master_port", str(free_port())]
     procs = [
-        subprocess.Popen(
+        spawn.popen(
             ["bash", str(LAUNCH), *common, "--node_rank", str(r), "--", "--out", str(tmp_path)],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -35,7 +34,7 @@ from humpback_ds.trainer import (
 )
 
 sys.path.insert(0, str(Path(__file__).parent))
-from procs import DEEPSPEED, run_group  # noqa: E402
+from procs import DEEPSPEED, Spawner, free_port, run_group  # noqa: E402
 from test_sft_data import make_pairs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -164,12 +163,6 @@ def reference_run(model_dir: Path, data: list, steps: int) -> tuple[list[float],
 # ---------------------------------------------------------------- real DeepSpeed launches
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def train_args(model_dir: Path, data: Path, out: Path, **kw) -> list[str]:
     args = {
         "task": "seed",
@@ -274,7 +267,7 @@ def test_stop_then_resume_on_2_ranks_and_on_1_rank_equal_the_reference(setup) ->
 
 @pytest.mark.dist
 @pytest.mark.slow
-def test_two_nodes_without_packing_equal_the_reference(setup) -> None:
+def test_two_nodes_without_packing_equal_the_reference(setup, spawn: Spawner) -> None:
     """Two launchers (--no_ssh, node_rank 0/1, one process each) train together; padded batches."""
     tmp, model_dir, ref, _, _ = setup
     out, port = tmp / "d", free_port()
@@ -283,7 +276,7 @@ def test_two_nodes_without_packing_equal_the_reference(setup) -> None:
     hostfile = tmp / "hostfile"  # names only: with --no_ssh nothing connects to them
     hostfile.write_text("node-a slots=1\nnode-b slots=1\n")
     procs = [
-        subprocess.Popen(
+        spawn.popen(
             [
                 str(DEEPSPEED),
                 "--hostfile",
