@@ -88,7 +88,7 @@ def init(always: bool = False) -> None:
         if not cuda_available():
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
         deepspeed.init_distributed(timeout=collective_timeout())
-    if td.is_initialized():
+    if td.is_initialized() and not cuda_available():  # the shm all-reduce is CPU-only
         release_shm_buffer()
 
 
@@ -119,7 +119,7 @@ def release_shm_buffer() -> None:
         return
     _shm_released = True
     barrier()  # on every rank, whether or not this one has a file: a skipped barrier would hang
-    with contextlib.suppress(FileNotFoundError):  # none on GPU or with ranks on several nodes
+    with contextlib.suppress(FileNotFoundError):  # none when the ranks span several nodes
         shm_buffer_path().unlink()
 
 
