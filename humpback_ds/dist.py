@@ -1,4 +1,4 @@
-"""Rank, world size, rank-0 printing, barrier, deterministic sharding, and lost-rank detection.
+"""Rank, world size, rank-0 printing, barriers, deterministic sharding, and lost-rank detection.
 
 Reads the environment the `deepspeed` launcher and torchrun set (RANK, WORLD_SIZE, LOCAL_RANK), so
 it works before and without an initialised process group.
@@ -11,6 +11,11 @@ lost_rank_guard() turns a failed collective into RankLost naming the ranks whose
 (survivors mark themselves as failed first, so they are not named); each rank also warns when the
 next rank's counter stalls for WARN_S, before the collective timeout. The store lives in rank 0's
 process: when it is unreachable, rank 0 is the lost one.
+
+A SLOW rank is not a lost one: wait_for_all() is the barrier for the places where ranks arrive
+far apart (rank 0 writing a 65B export or converting a checkpoint, generation replicas finishing
+their shares). It waits as long as the missing ranks' heartbeats move, and names them when their
+heartbeat stops for the collective timeout; a plain barrier would fail after that timeout.
 """
 
 from __future__ import annotations
@@ -90,6 +95,7 @@ def init(always: bool = False) -> None:
         deepspeed.init_distributed(timeout=collective_timeout())
     if td.is_initialized() and not cuda_available():  # the shm all-reduce is CPU-only
         release_shm_buffer()
+    Heartbeat.start()
 
 
 def shm_buffer_path(r: int | None = None) -> Path:
@@ -247,9 +253,8 @@ def is_peer_error(e: BaseException) -> bool:
 
 @contextlib.contextmanager
 def lost_rank_guard(hint: str = "") -> Iterator[None]:
-    """Re-raise a collective's failure as RankLost naming the lost ranks (when any is found).
-    The heartbeat that names them runs only inside the guard."""
-    Heartbeat.start()
+    """Re-raise a collective's failure as RankLost naming the lost ranks (when any is found)."""
+    Heartbeat.start()  # a no-op when init() started it
     try:
         yield
     except RankLost:
@@ -265,5 +270,57 @@ def lost_rank_guard(hint: str = "") -> Iterator[None]:
             f"{names}. Rank {rank()} of {world_size()} stops: a collective failed with: {first}"
             + (f". {hint}" if hint else "")
         ) from e
-    finally:
-        Heartbeat.stop()
+
+
+_waits = 0  # wait_for_all calls so far: every rank makes the same calls in the same order
+POLL_S = 0.2
+
+
+def wait_for_all(what: str, hint: str = "") -> None:
+    """Barrier for ranks that may arrive far apart: waits while the missing ranks' heartbeats move.
+
+    Each rank marks its arrival in the store and polls for the others'. A missing rank whose
+    counter has not moved for collective_timeout() (dead, or hung) is named in RankLost; rank 0
+    unreachable names rank 0. A plain barrier ends it, so no rank leaves (and rank 0 does not take
+    the store away) before every rank has seen all arrivals."""
+    global _waits
+    hb = Heartbeat._instance
+    if hb is None:  # one process, or no process group
+        barrier()
+        return
+    _waits += 1
+    key = f"humpback/arrived/{_waits}/{{rank}}"
+    limit = collective_timeout().total_seconds()
+    peers = [r for r in range(world_size()) if r != rank()]
+    try:
+        hb._call("set", key.format(rank=rank()), "1")
+        seen = {r: (-1, time.monotonic()) for r in peers}  # last counter, when it last moved
+        while True:
+            missing = [r for r in peers if not hb._call("check", [key.format(rank=r)])]
+            if not missing:
+                break
+            now = time.monotonic()
+            for r in missing:
+                count = hb._call("add", _KEY.format(what="beat", rank=r), 0)
+                if count != seen[r][0]:
+                    seen[r] = (count, now)
+            stalled = [r for r in missing if now - seen[r][1] > limit]
+            if stalled:
+                names = "; ".join(
+                    f"rank {r} ({hb.who(r)}) was lost: no heartbeat for {limit:.0f} s"
+                    for r in stalled
+                )
+                raise RankLost(
+                    f"{names}. Rank {rank()} of {world_size()} stops while waiting for all ranks "
+                    f"to finish {what}" + (f". {hint}" if hint else "")
+                )
+            time.sleep(POLL_S)
+    except RankLost:
+        raise
+    except Exception as e:  # the store runs in rank 0's process
+        raise RankLost(
+            f"rank 0 was lost: the store it hosts at {hb.addr}:{hb.port} is unreachable ({e}). "
+            f"Rank {rank()} of {world_size()} stops while waiting for all ranks to finish {what}"
+            + (f". {hint}" if hint else "")
+        ) from e
+    barrier()

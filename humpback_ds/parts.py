@@ -159,7 +159,7 @@ def run_jobs(
 
     `make_job` returns a Job, or a finished part line for a record settled without the model (a
     prompt too long for it). Every rank reads the finished ids before any rank writes (barrier),
-    so all replicas agree on the split. Ends with a barrier: after it, rank 0 may merge.
+    so all replicas agree on the split. Ends with dist.wait_for_all: after it, rank 0 may merge.
     """
     store.check()
     done = store.done_ids()
@@ -173,7 +173,10 @@ def run_jobs(
         for batch in gen.batches(mine, new_tokens):
             store.append(work(batch))
             bar.advance(task, len(batch))
-    dist.barrier()
+    # replicas may finish far apart (uneven shares, a slower node): no collective deadline here
+    dist.wait_for_all(
+        f"their {unit} share", "Rerun the same command: the finished records are kept in the parts"
+    )
     return len(done)
 
 

@@ -144,7 +144,7 @@ def resume_tag(ckpt_dir: Path, dp: int, ds_config: dict[str, Any]) -> str | None
              "--num_extract_workers", "1", "--num_merge_workers", "1"],
             check=True, stdout=subprocess.DEVNULL,
         )  # fmt: skip
-    dist.barrier()
+    dist.wait_for_all("the universal checkpoint conversion")  # 65B: far past a collective timeout
     ds_config["checkpoint"] = {**ds_config.get("checkpoint", {}), "load_universal": True}
     return universal
 
@@ -192,7 +192,7 @@ def run(cfg: TrainConfig) -> Path:
     trainer = Trainer(cfg, model, examples, plan, ds_config, tokenizer.pad_token_id, tag)
     metrics = trainer.train()
     export(trainer, cfg, tokenizer)
-    dist.barrier()
+    dist.wait_for_all("the export", "Rerun the same command: it resumes from the last checkpoint")
     _finish(manifest, out, plan, metrics, ds_config, source)
     return out
 
