@@ -1,49 +1,27 @@
-"""Rank, world size, rank-0 printing, barriers, deterministic sharding, and lost-rank detection.
+"""Rank, world size, process group start-up, barrier, rank-0 printing, deterministic sharding.
 
 Reads the environment the `deepspeed` launcher and torchrun set (RANK, WORLD_SIZE, LOCAL_RANK), so
-it works before and without an initialised process group.
-
-A lost rank (killed, crashed node, hung process) never hangs the others: every collective fails
-after collective_timeout() at the latest (gloo and NCCL; a killed local peer fails it at once).
-To NAME the lost rank, init() publishes "host h, pid p" of each rank in the process group's
-TCPStore and starts a heartbeat thread bumping a per-rank counter every HEARTBEAT_S seconds;
-lost_rank_guard() turns a failed collective into RankLost naming the ranks whose counter stopped
-(survivors mark themselves as failed first, so they are not named); each rank also warns when the
-next rank's counter stalls for WARN_S, before the collective timeout. The store lives in rank 0's
-process: when it is unreachable, rank 0 is the lost one.
-
-A SLOW rank is not a lost one: wait_for_all() is the barrier for the places where ranks arrive
-far apart (rank 0 writing a 65B export or converting a checkpoint, generation replicas finishing
-their shares). It waits as long as the missing ranks' heartbeats move, and names them when their
-heartbeat stops for the collective timeout; a plain barrier would fail after that timeout.
+it works before and without an initialised process group. init() also releases DeepSpeed's CPU
+shared-memory buffers (release_shm_buffer) and starts this rank's heartbeat (humpback_ds.liveness).
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import datetime
 import os
 import socket
-import sys
-import threading
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 # A lost rank makes the others fail within this many seconds instead of hanging for DeepSpeed's
-# default 10 minutes. Overridable: HUMPBACK_COLLECTIVE_TIMEOUT_S (raise it for 65B checkpoint saves).
+# default 10 minutes. Overridable: HUMPBACK_COLLECTIVE_TIMEOUT_S. Where a rank is slow rather than
+# lost (a 65B export), liveness.wait_for_all waits for it as long as its heartbeat moves.
 DEFAULT_TIMEOUT_S = 300
-HEARTBEAT_S = 1.0  # a rank whose counter did not move for 3 beats after a failure is lost
-WARN_S = 60.0  # each rank warns when the next rank's counter stalls this long
-# (HUMPBACK_HEARTBEAT_WARN_S); a warning only: a long checkpoint save may stall a rank's beats
-_KEY = "humpback/{what}/{rank}"
 SHM_DIR = Path("/dev/shm")
-# substrings of the errors a collective raises when a peer is gone (gloo, NCCL, c10d timeouts)
-_PEER_ERRORS = ("gloo", "nccl", "connection", "timed out", "timeout", "peer", "socket", "broken")
 
 
 def rank() -> int:
@@ -95,6 +73,8 @@ def init(always: bool = False) -> None:
         deepspeed.init_distributed(timeout=collective_timeout())
     if td.is_initialized() and not cuda_available():  # the shm all-reduce is CPU-only
         release_shm_buffer()
+    from humpback_ds.liveness import Heartbeat  # it uses this module: imported on first use
+
     Heartbeat.start()
 
 
@@ -146,181 +126,3 @@ def shard(items: Sequence[T], index: int, count: int) -> list[T]:
 def print0(*args: Any, **kwargs: Any) -> None:
     if is_main():
         print(*args, **kwargs, flush=True)
-
-
-class RankLost(RuntimeError):
-    """A collective failed because the named ranks died or hung."""
-
-
-class Heartbeat:
-    """This rank's identity and a liveness counter in a TCPStore client of its own."""
-
-    _instance: Heartbeat | None = None
-
-    def __init__(self) -> None:
-        import torch.distributed as td
-
-        self.addr = os.environ.get("MASTER_ADDR", "127.0.0.1")
-        self.port = int(os.environ.get("MASTER_PORT", "29500"))
-        self.store = td.TCPStore(
-            self.addr, self.port, is_master=False, timeout=datetime.timedelta(seconds=10)
-        )
-        self.lock = threading.Lock()
-        self.store.set(
-            _KEY.format(what="who", rank=rank()), f"host {socket.gethostname()}, pid {os.getpid()}"
-        )
-        self.known: dict[int, str] = {}
-        with contextlib.suppress(Exception):  # rank 0 holds the store: name it even without it
-            self.known[0] = self.who(0)
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._beat, name="humpback-heartbeat", daemon=True)
-        self.thread.start()
-
-    @classmethod
-    def start(cls) -> None:
-        """Start beating (world size > 1, process group up); stopped by `stop` or at exit."""
-        import torch.distributed as td
-
-        if cls._instance is None and world_size() > 1 and td.is_initialized():
-            cls._instance = cls()
-            atexit.register(cls.stop)
-
-    @classmethod
-    def stop(cls) -> None:
-        """End the thread before the interpreter does: a thread killed inside a store call at
-        exit can abort the process ("terminate called without an active exception")."""
-        hb, cls._instance = cls._instance, None
-        if hb is not None:
-            hb.stopping.set()
-            hb.thread.join(timeout=2 * HEARTBEAT_S + 10)
-
-    def _call(self, fn: str, *args: Any) -> Any:
-        with self.lock:
-            return getattr(self.store, fn)(*args)
-
-    def _beat(self) -> None:
-        """Bump this rank's counter; warn once when the next rank's counter stops moving (on
-        NCCL the timeout may end the process from C++ before lost_rank_guard can name it)."""
-        peer = (rank() + 1) % world_size()
-        warn_s = float(os.environ.get("HUMPBACK_HEARTBEAT_WARN_S", WARN_S))
-        last, since, warned = -1, time.monotonic(), False
-        with contextlib.suppress(Exception):  # store gone (rank 0 lost): lost_ranks says so
-            while not self.stopping.is_set():
-                self._call("add", _KEY.format(what="beat", rank=rank()), 1)
-                count = self._call("add", _KEY.format(what="beat", rank=peer), 0)
-                if count != last:
-                    last, since, warned = count, time.monotonic(), False
-                elif not warned and time.monotonic() - since > warn_s:
-                    warned = True
-                    if not self._call("check", [_KEY.format(what="failed", rank=peer)]):
-                        print(
-                            f"humpback: rank {peer} ({self.who(peer)}) sent no heartbeat for "
-                            f"{warn_s:.0f} s: dead, hung or stalled; collectives with it fail "
-                            f"after the collective timeout ({collective_timeout()})",
-                            file=sys.stderr,
-                            flush=True,
-                        )
-                self.stopping.wait(HEARTBEAT_S)
-
-    def who(self, r: int) -> str:
-        if r in self.known:
-            return self.known[r]
-        try:
-            return self._call("get", _KEY.format(what="who", rank=r)).decode()
-        except Exception:
-            return "host ?, pid ?"
-
-    def lost_ranks(self) -> dict[int, str]:
-        """{rank: why} of the peers whose counter stopped and that did not fail themselves."""
-        try:
-            self._call("set", _KEY.format(what="failed", rank=rank()), "1")
-            peers = [r for r in range(world_size()) if r != rank()]
-            before = {r: self._call("add", _KEY.format(what="beat", rank=r), 0) for r in peers}
-            time.sleep(3 * HEARTBEAT_S)
-            failed = {r for r in peers if self._call("check", [_KEY.format(what="failed", rank=r)])}
-            still = [r for r in peers if r not in failed]
-            after = {r: self._call("add", _KEY.format(what="beat", rank=r), 0) for r in still}
-        except Exception as e:  # the store runs in rank 0's process
-            why = f"the store it hosts at {self.addr}:{self.port} is unreachable ({e})"
-            return {0: why.splitlines()[0]}
-        stopped = f"its heartbeat stopped (no beat in {3 * HEARTBEAT_S:.0f} s)"
-        return {r: stopped for r in still if after[r] == before[r]}
-
-
-def is_peer_error(e: BaseException) -> bool:
-    return isinstance(e, RuntimeError) and any(w in str(e).lower() for w in _PEER_ERRORS)
-
-
-@contextlib.contextmanager
-def lost_rank_guard(hint: str = "") -> Iterator[None]:
-    """Re-raise a collective's failure as RankLost naming the lost ranks (when any is found)."""
-    Heartbeat.start()  # a no-op when init() started it
-    try:
-        yield
-    except RankLost:
-        raise
-    except RuntimeError as e:
-        hb = Heartbeat._instance
-        lost = hb.lost_ranks() if hb is not None and is_peer_error(e) else {}
-        if not lost:
-            raise
-        names = "; ".join(f"rank {r} ({hb.who(r)}) was lost: {why}" for r, why in lost.items())
-        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-        raise RankLost(
-            f"{names}. Rank {rank()} of {world_size()} stops: a collective failed with: {first}"
-            + (f". {hint}" if hint else "")
-        ) from e
-
-
-_waits = 0  # wait_for_all calls so far: every rank makes the same calls in the same order
-POLL_S = 0.2
-
-
-def wait_for_all(what: str, hint: str = "") -> None:
-    """Barrier for ranks that may arrive far apart: waits while the missing ranks' heartbeats move.
-
-    Each rank marks its arrival in the store and polls for the others'. A missing rank whose
-    counter has not moved for collective_timeout() (dead, or hung) is named in RankLost; rank 0
-    unreachable names rank 0. A plain barrier ends it, so no rank leaves (and rank 0 does not take
-    the store away) before every rank has seen all arrivals."""
-    global _waits
-    hb = Heartbeat._instance
-    if hb is None:  # one process, or no process group
-        barrier()
-        return
-    _waits += 1
-    key = f"humpback/arrived/{_waits}/{{rank}}"
-    limit = collective_timeout().total_seconds()
-    peers = [r for r in range(world_size()) if r != rank()]
-    try:
-        hb._call("set", key.format(rank=rank()), "1")
-        seen = {r: (-1, time.monotonic()) for r in peers}  # last counter, when it last moved
-        while True:
-            missing = [r for r in peers if not hb._call("check", [key.format(rank=r)])]
-            if not missing:
-                break
-            now = time.monotonic()
-            for r in missing:
-                count = hb._call("add", _KEY.format(what="beat", rank=r), 0)
-                if count != seen[r][0]:
-                    seen[r] = (count, now)
-            stalled = [r for r in missing if now - seen[r][1] > limit]
-            if stalled:
-                names = "; ".join(
-                    f"rank {r} ({hb.who(r)}) was lost: no heartbeat for {limit:.0f} s"
-                    for r in stalled
-                )
-                raise RankLost(
-                    f"{names}. Rank {rank()} of {world_size()} stops while waiting for all ranks "
-                    f"to finish {what}" + (f". {hint}" if hint else "")
-                )
-            time.sleep(POLL_S)
-    except RankLost:
-        raise
-    except Exception as e:  # the store runs in rank 0's process
-        raise RankLost(
-            f"rank 0 was lost: the store it hosts at {hb.addr}:{hb.port} is unreachable ({e}). "
-            f"Rank {rank()} of {world_size()} stops while waiting for all ranks to finish {what}"
-            + (f". {hint}" if hint else "")
-        ) from e
-    barrier()

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from humpback_ds import console, dist
+from humpback_ds import console, dist, liveness
 from humpback_ds.config import ConfigError, GenerationConfig, to_dict
 from humpback_ds.manifest import Manifest, content_hash
 from humpback_ds.records import AtomicWriter, DataError, Quarantine, load_records, write_json
@@ -159,7 +159,7 @@ def run_jobs(
 
     `make_job` returns a Job, or a finished part line for a record settled without the model (a
     prompt too long for it). Every rank reads the finished ids before any rank writes (barrier),
-    so all replicas agree on the split. Ends with dist.wait_for_all: after it, rank 0 may merge.
+    so all replicas agree on the split. Ends with liveness.wait_for_all: after it, rank 0 may merge.
     """
     store.check()
     done = store.done_ids()
@@ -174,7 +174,7 @@ def run_jobs(
             store.append(work(batch))
             bar.advance(task, len(batch))
     # replicas may finish far apart (uneven shares, a slower node): no collective deadline here
-    dist.wait_for_all(
+    liveness.wait_for_all(
         f"their {unit} share", "Rerun the same command: the finished records are kept in the parts"
     )
     return len(done)

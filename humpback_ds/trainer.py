@@ -15,7 +15,7 @@ Decisions (tested in tests/test_trainer.py):
 - Dropout is reseeded at every step from (seed, step, rank): a resumed run draws the same masks.
 - A lost rank (killed, node down, hung): the survivors' next collective fails (at once for a
   closed connection, after dist.collective_timeout() otherwise) and train() re-raises it as
-  dist.RankLost naming the lost rank, host and pid; rerun the same command to resume.
+  liveness.RankLost naming the lost rank, host and pid; rerun the same command to resume.
 - Pre-emption: SIGUSR1/SIGTERM or cfg.stop_file -> checkpoint at the next step boundary and exit
   with EXIT_PREEMPTED (75, EX_TEMPFAIL): not 0, so `afterok` dependents do not start; rerun (or
   requeue) the same command to resume.
@@ -37,7 +37,7 @@ import torch
 import torch.distributed as td
 from rich.progress import TextColumn
 
-from humpback_ds import console, dist
+from humpback_ds import console, dist, liveness
 from humpback_ds.config import ConfigError, TrainConfig
 from humpback_ds.sft_data import Example, collate, micro_groups, step_positions, sum_loss
 
@@ -206,9 +206,9 @@ class Trainer:
 
     def train(self) -> list[dict[str, Any]]:
         """All remaining steps; returns the metrics of the steps run now. A lost rank makes the
-        others raise dist.RankLost naming it, within the collective timeout at the latest."""
+        others raise liveness.RankLost naming it, within the collective timeout at the latest."""
         hint = f"Rerun the same command to resume from the last checkpoint in {self.ckpt_dir}"
-        with dist.lost_rank_guard(hint):
+        with liveness.lost_rank_guard(hint):
             return self._train()
 
     def _train(self) -> list[dict[str, Any]]:

@@ -2,7 +2,7 @@
 
 The train stage runs under launchers/launch.sh on CPU (gloo). Once a checkpoint exists, the rank-1
 python process is SIGKILLed; rank 0's next collective fails and the trainer re-raises it as
-dist.RankLost naming rank 1's host and pid (found through the heartbeats in the process group's
+liveness.RankLost naming rank 1's host and pid (found through the heartbeats in the process group's
 store). The collective timeout (HUMPBACK_COLLECTIVE_TIMEOUT_S, set low here) bounds the wait.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from humpback_ds import dist
+from humpback_ds import liveness
 from humpback_ds.records import write_records
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -31,7 +31,7 @@ STEPS, SAVE_EVERY = 40, 5
 TIMEOUT_S = 30  # HUMPBACK_COLLECTIVE_TIMEOUT_S of these runs
 # the survivor must be gone within the collective timeout plus the heartbeat check (3 beats) and
 # the launcher's 1 s polling; the slack covers a loaded 2-core machine
-BOUND_S = TIMEOUT_S + 3 * dist.HEARTBEAT_S + 25
+BOUND_S = TIMEOUT_S + 3 * liveness.HEARTBEAT_S + 25
 
 
 def launch(
@@ -201,14 +201,14 @@ def test_hung_rank_is_named_after_the_collective_timeout(
     os.kill(victim, signal.SIGSTOP)
     stopped = time.monotonic()
     try:
-        code = procs[0].wait(timeout=timeout_s + 3 * dist.HEARTBEAT_S + 85)
+        code = procs[0].wait(timeout=timeout_s + 3 * liveness.HEARTBEAT_S + 85)
         elapsed = time.monotonic() - stopped
     finally:
         os.kill(victim, signal.SIGKILL)
         procs[1].wait(timeout=60)
     log0 = logs[0].read_text()
     assert code == 1, log0[-3000:]
-    assert timeout_s <= elapsed < timeout_s + 3 * dist.HEARTBEAT_S + 25, elapsed
+    assert timeout_s <= elapsed < timeout_s + 3 * liveness.HEARTBEAT_S + 25, elapsed
     assert f"Timed out waiting {timeout_s * 1000}ms" in log0, log0[-3000:]
     # the warning comes first: 5 s without a beat (HUMPBACK_HEARTBEAT_WARN_S), before the timeout
     warned = f"rank 1 (host {socket.gethostname()}, pid {victim}) sent no heartbeat for 5 s"
@@ -221,10 +221,10 @@ def test_other_errors_pass_the_guard_unchanged() -> None:
     """Without a process group (or for a non-collective error) the original error propagates."""
     with (
         pytest.raises(RuntimeError, match="^Connection closed by peer$"),
-        dist.lost_rank_guard("x"),
+        liveness.lost_rank_guard("x"),
     ):
         raise RuntimeError("Connection closed by peer")
-    with pytest.raises(ValueError, match="bad"), dist.lost_rank_guard():
+    with pytest.raises(ValueError, match="bad"), liveness.lost_rank_guard():
         raise ValueError("bad")
-    assert dist.is_peer_error(RuntimeError("[gloo] Timed out waiting 20000ms for recv"))
-    assert not dist.is_peer_error(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    assert liveness.is_peer_error(RuntimeError("[gloo] Timed out waiting 20000ms for recv"))
+    assert not liveness.is_peer_error(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))

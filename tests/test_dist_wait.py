@@ -1,4 +1,4 @@
-"""dist.wait_for_all: a slow rank is waited for past the collective timeout; a hung one is named.
+"""liveness.wait_for_all: a slow rank is waited for past the collective timeout; a hung one is named.
 
 Two processes under the `deepspeed` launcher, collective timeout 6 s (HUMPBACK_COLLECTIVE_TIMEOUT_S).
 Rank 1 reaches the barrier late: asleep for 15 s (its heartbeat thread keeps beating, as in a rank
@@ -22,7 +22,7 @@ TIMEOUT_S, SLOW_S = 6, 15
 PROBE = """
 import json, os, signal, sys, time
 from pathlib import Path
-from humpback_ds import dist
+from humpback_ds import dist, liveness
 out, mode = Path(sys.argv[-2]), sys.argv[-1]
 dist.init()
 if dist.rank() == 1:
@@ -34,7 +34,7 @@ try:
     if mode == "barrier":
         dist.barrier()
     else:
-        dist.wait_for_all("the probe", "a hint")
+        liveness.wait_for_all("the probe", "a hint")
     seen = {"ok": True}
 except Exception as e:
     seen = {"ok": False, "error": f"{type(e).__name__}: {e}"}

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from humpback_ds import console, dist
+from humpback_ds import console, dist, liveness
 from humpback_ds.config import ConfigError, TrainConfig, to_dict
 from humpback_ds.manifest import Manifest, read_manifest
 from humpback_ds.modeling import check_checkpoint, load_tokenizer, set_dropout
@@ -144,7 +144,9 @@ def resume_tag(ckpt_dir: Path, dp: int, ds_config: dict[str, Any]) -> str | None
              "--num_extract_workers", "1", "--num_merge_workers", "1"],
             check=True, stdout=subprocess.DEVNULL,
         )  # fmt: skip
-    dist.wait_for_all("the universal checkpoint conversion")  # 65B: far past a collective timeout
+    liveness.wait_for_all(
+        "the universal checkpoint conversion"
+    )  # 65B: far past a collective timeout
     ds_config["checkpoint"] = {**ds_config.get("checkpoint", {}), "load_universal": True}
     return universal
 
@@ -192,7 +194,9 @@ def run(cfg: TrainConfig) -> Path:
     trainer = Trainer(cfg, model, examples, plan, ds_config, tokenizer.pad_token_id, tag)
     metrics = trainer.train()
     export(trainer, cfg, tokenizer)
-    dist.wait_for_all("the export", "Rerun the same command: it resumes from the last checkpoint")
+    liveness.wait_for_all(
+        "the export", "Rerun the same command: it resumes from the last checkpoint"
+    )
     _finish(manifest, out, plan, metrics, ds_config, source)
     return out
 
