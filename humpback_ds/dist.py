@@ -63,11 +63,8 @@ def init(always: bool = False) -> None:
 
     if (always or world_size() > 1) and not td.is_initialized():
         if "RANK" not in os.environ:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
             os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
-            os.environ.setdefault("MASTER_PORT", str(port))
+            os.environ.setdefault("MASTER_PORT", str(free_port()))
         if not cuda_available():
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
         deepspeed.init_distributed(timeout=collective_timeout())
@@ -76,6 +73,13 @@ def init(always: bool = False) -> None:
     from humpback_ds.liveness import Heartbeat  # it uses this module: imported on first use
 
     Heartbeat.start()
+
+
+def free_port() -> int:
+    """A local TCP port free right now (for a rendezvous on this machine)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def shm_buffer_path(r: int | None = None) -> Path:

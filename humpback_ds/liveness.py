@@ -131,10 +131,21 @@ class Heartbeat:
             still = [r for r in peers if r not in failed]
             after = {r: self._call("add", _KEY.format(what="beat", rank=r), 0) for r in still}
         except Exception as e:  # the store runs in rank 0's process
-            why = f"the store it hosts at {self.addr}:{self.port} is unreachable ({e})"
-            return {0: why.splitlines()[0]}
+            return self.store_lost(e)
         stopped = f"its heartbeat stopped (no beat in {3 * HEARTBEAT_S:.0f} s)"
         return {r: stopped for r in still if after[r] == before[r]}
+
+    def store_lost(self, e: Exception) -> dict[int, str]:
+        """{0: why}: the store runs in rank 0's process, so a store error means rank 0 is lost."""
+        why = f"the store it hosts at {self.addr}:{self.port} is unreachable ({e})"
+        return {0: why.splitlines()[0]}
+
+    def rank_lost(self, lost: dict[int, str], stops: str, hint: str) -> RankLost:
+        """RankLost naming each lost rank (host, pid) and why, what this rank stops on, the hint."""
+        names = "; ".join(f"rank {r} ({self.who(r)}) was lost: {why}" for r, why in lost.items())
+        return RankLost(
+            f"{names}. Rank {rank()} of {world_size()} stops{stops}" + (f". {hint}" if hint else "")
+        )
 
 
 def is_peer_error(e: BaseException) -> bool:
@@ -154,12 +165,8 @@ def lost_rank_guard(hint: str = "") -> Iterator[None]:
         lost = hb.lost_ranks() if hb is not None and is_peer_error(e) else {}
         if not lost:
             raise
-        names = "; ".join(f"rank {r} ({hb.who(r)}) was lost: {why}" for r, why in lost.items())
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-        raise RankLost(
-            f"{names}. Rank {rank()} of {world_size()} stops: a collective failed with: {first}"
-            + (f". {hint}" if hint else "")
-        ) from e
+        raise hb.rank_lost(lost, f": a collective failed with: {first}", hint) from e
 
 
 _waits = 0  # wait_for_all calls so far: every rank makes the same calls in the same order
@@ -182,35 +189,24 @@ def wait_for_all(what: str, hint: str = "") -> None:
     key = f"humpback/arrived/{_waits}/{{rank}}"
     limit = collective_timeout().total_seconds()
     peers = [r for r in range(world_size()) if r != rank()]
+    stops = f" while waiting for all ranks to finish {what}"
     try:
         hb._call("set", key.format(rank=rank()), "1")
         seen = {r: (-1, time.monotonic()) for r in peers}  # last counter, when it last moved
-        while True:
-            missing = [r for r in peers if not hb._call("check", [key.format(rank=r)])]
-            if not missing:
-                break
+        while missing := [r for r in peers if not hb._call("check", [key.format(rank=r)])]:
             now = time.monotonic()
             for r in missing:
                 count = hb._call("add", _KEY.format(what="beat", rank=r), 0)
                 if count != seen[r][0]:
                     seen[r] = (count, now)
-            stalled = [r for r in missing if now - seen[r][1] > limit]
+            stalled = {
+                r: f"no heartbeat for {limit:.0f} s" for r in missing if now - seen[r][1] > limit
+            }
             if stalled:
-                names = "; ".join(
-                    f"rank {r} ({hb.who(r)}) was lost: no heartbeat for {limit:.0f} s"
-                    for r in stalled
-                )
-                raise RankLost(
-                    f"{names}. Rank {rank()} of {world_size()} stops while waiting for all ranks "
-                    f"to finish {what}" + (f". {hint}" if hint else "")
-                )
+                raise hb.rank_lost(stalled, stops, hint)
             time.sleep(POLL_S)
     except RankLost:
         raise
-    except Exception as e:  # the store runs in rank 0's process
-        raise RankLost(
-            f"rank 0 was lost: the store it hosts at {hb.addr}:{hb.port} is unreachable ({e}). "
-            f"Rank {rank()} of {world_size()} stops while waiting for all ranks to finish {what}"
-            + (f". {hint}" if hint else "")
-        ) from e
+    except Exception as e:
+        raise hb.rank_lost(hb.store_lost(e), stops, hint) from e
     barrier()

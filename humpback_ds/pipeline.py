@@ -16,7 +16,6 @@ import importlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from humpback_ds import config as C
-from humpback_ds import console
+from humpback_ds import console, dist
 from humpback_ds.layout import RunLayout
 from humpback_ds.manifest import content_hash, manifest_path, read_manifest
 from humpback_ds.records import write_json
@@ -339,12 +338,6 @@ def _toml_value(v: Any) -> str:
     return json.dumps(str(v))  # a JSON string is a valid TOML basic string
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def launch_command(stage: str, args: list[str], run: C.RunConfig, port: str) -> list[str]:
     """launchers/launch.sh on this node, or under Slurm (HUMPBACK_LAUNCHER=srun) one srun task per
     node of the job, each starting launch.sh for its node; the first node is the rendezvous."""
@@ -399,7 +392,7 @@ def launch(step: Step, run: C.RunConfig) -> None:
     env = dict(os.environ)
     if run.nproc:
         env["NPROC"] = str(run.nproc)
-    env.setdefault("MASTER_PORT", str(_free_port()))
+    env.setdefault("MASTER_PORT", str(dist.free_port()))
     cmd = launch_command(step.stage, ["--config", str(run_file)], run, env["MASTER_PORT"])
     console.console.print(f"[bold]{step.name}[/]: {' '.join(cmd)}")
     result = subprocess.run(cmd, env=env, check=False)

@@ -3,6 +3,7 @@
 `run_group` is `subprocess.run` for a launcher and its ranks: the command gets a process group of
 its own, and on a timeout the WHOLE group is killed. (`subprocess.run(timeout=...)` kills only the
 launcher: its ranks live on, keep cores busy and slow every later test.)
+`run_cli` runs `humpback-ds` with one process or several, through it.
 `Spawner` (the `spawn` fixture) starts background launchers the same way and kills their groups
 when the test ends, passed or failed.
 `shm_buffers` lists DeepSpeed's CPU all-reduce files in /dev/shm (66 MB of RAM each until removed).
@@ -13,15 +14,15 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from humpback_ds.dist import SHM_DIR, free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 DEEPSPEED = Path(sys.executable).parent / "deepspeed"
-SHM_DIR = Path("/dev/shm")
 
 
 def run_group(
@@ -72,10 +73,18 @@ class Spawner:
             proc.wait()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def run_cli(args: Sequence[str], nproc: int) -> subprocess.CompletedProcess[str]:
+    """`humpback-ds ARGS` through the real CLI: one plain process, or `nproc` under the deepspeed
+    launcher; fails the test with the output unless it exits 0."""
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "HUMPBACK_COLLECTIVE_TIMEOUT_S": "120"}
+    if nproc == 1:
+        cmd = [sys.executable, "-m", "humpback_ds", *args]
+    else:
+        port = f"--master_port={free_port()}"
+        cmd = [str(DEEPSPEED), f"--num_gpus={nproc}", port, "--module", "humpback_ds", *args]
+    res = run_group(cmd, env)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return res
 
 
 def shm_buffers() -> set[Path]:

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import statistics
-import sys
 from pathlib import Path
 
 import pytest
-from procs import DEEPSPEED, run_group
+from procs import run_cli
 
 from humpback_ds import prompts
 from humpback_ds.config import AnswerConfig, JudgeConfig, ReportConfig
@@ -251,24 +249,6 @@ def test_judge_refuses_files_with_different_instructions(
         _judge(tiny_model, answered["a"], short, tmp_path / "x.jsonl")
 
 
-def _launch(args: list[str], nproc: int) -> None:
-    """A stage through the real CLI: one process, or `nproc` under the deepspeed launcher."""
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "HUMPBACK_COLLECTIVE_TIMEOUT_S": "120"}
-    if nproc == 1:
-        cmd = [sys.executable, "-m", "humpback_ds", *args]
-    else:
-        cmd = [
-            str(DEEPSPEED),
-            f"--num_gpus={nproc}",
-            "--master_port=29523",
-            "--module",
-            "humpback_ds",
-            *args,
-        ]
-    res = run_group(cmd, env)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-
-
 @pytest.mark.dist
 @pytest.mark.slow
 def test_two_replicas_answer_and_judge_like_one_process(
@@ -277,7 +257,7 @@ def test_two_replicas_answer_and_judge_like_one_process(
     results = {}
     for n in (1, 2):
         out = tmp_path / f"answers{n}.json"
-        _launch(
+        run_cli(
             [
                 "answer",
                 f"--model={tiny_model}",
@@ -290,7 +270,7 @@ def test_two_replicas_answer_and_judge_like_one_process(
             n,
         )
         judged = tmp_path / f"judged{n}.jsonl"
-        _launch(
+        run_cli(
             [
                 "judge",
                 f"--model={tiny_model}",

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from procs import DEEPSPEED, run_group
+from procs import run_cli
 
 from humpback_ds import modeling, prompts
 from humpback_ds.config import AugmentConfig, ConfigError, GenerationConfig
@@ -196,10 +196,8 @@ def test_augment_stage_single_process(tiny_model: Path, tmp_path: Path) -> None:
 
 
 def augment_cmd(model: Path, segs: Path, out: Path, *extra: str) -> list[str]:
-    """`python -m humpback_ds augment ...` arguments; later options in `extra` win."""
+    """`humpback-ds augment ...` arguments; later options in `extra` win."""
     return [
-        "-m",
-        "humpback_ds",
         "augment",
         f"--model={model}",
         f"--segments={segs}",
@@ -210,23 +208,12 @@ def augment_cmd(model: Path, segs: Path, out: Path, *extra: str) -> list[str]:
     ]
 
 
-def launch(args: list[str], nproc: int) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "HUMPBACK_COLLECTIVE_TIMEOUT_S": "120"}
-    if nproc == 1:
-        cmd = [sys.executable, *args]
-    else:
-        cmd = [str(DEEPSPEED), f"--num_gpus={nproc}", "--master_port=29517", "--module", *args[1:]]
-    res = run_group(cmd, env)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    return res
-
-
 @pytest.mark.dist
 @pytest.mark.slow
 def test_tp2_greedy_matches_hf_generate(tiny_model: Path, tmp_path: Path) -> None:
     segs = write_segments(tmp_path / "segments.jsonl", 6)
     out = tmp_path / "tp2.jsonl"
-    launch(augment_cmd(tiny_model, tmp_path / "segments.jsonl", out, "--tp_size=2", "--greedy"), 2)
+    run_cli(augment_cmd(tiny_model, tmp_path / "segments.jsonl", out, "--tp_size=2", "--greedy"), 2)
     tok = modeling.load_tokenizer(tiny_model)
     got = {c.id: c.instruction for c in load_records(out, Candidate)}
     want = {}
@@ -244,8 +231,8 @@ def test_tp2_greedy_matches_hf_generate(tiny_model: Path, tmp_path: Path) -> Non
 def test_dp2_sampled_output_equals_one_process(tiny_model: Path, tmp_path: Path) -> None:
     write_segments(tmp_path / "segments.jsonl", 9)
     one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
-    launch(augment_cmd(tiny_model, tmp_path / "segments.jsonl", one), 1)
-    launch(augment_cmd(tiny_model, tmp_path / "segments.jsonl", two), 2)
+    run_cli(augment_cmd(tiny_model, tmp_path / "segments.jsonl", one), 1)
+    run_cli(augment_cmd(tiny_model, tmp_path / "segments.jsonl", two), 2)
     assert two.read_bytes() == one.read_bytes() and len(one.read_text().splitlines()) >= 7
     parts = sorted((tmp_path / "two.jsonl.parts").glob("part-*.jsonl"))
     assert [len(p.read_text().splitlines()) for p in parts] == [5, 4]  # round-robin over 2 replicas
@@ -264,7 +251,7 @@ def test_kill_and_restart_gives_the_uninterrupted_file(tiny_model: Path, tmp_pat
         token_budget=400,
     )
     augment.run(cfg)  # the uninterrupted reference, in-process
-    cmd = [sys.executable, *augment_cmd(tiny_model, segs, out, *small)]
+    cmd = [sys.executable, "-m", "humpback_ds", *augment_cmd(tiny_model, segs, out, *small)]
     env = {**os.environ, "DS_ACCELERATOR": "cpu"}
     proc = subprocess.Popen(
         cmd,
@@ -284,7 +271,7 @@ def test_kill_and_restart_gives_the_uninterrupted_file(tiny_model: Path, tmp_pat
     assert 3 <= done < 24 and not out.exists()
     with part.open("a") as fh:
         fh.write('{"id": "seg-9')  # a torn last line, as a kill during a write leaves
-    launch(augment_cmd(tiny_model, segs, out, *small), 1)
+    run_cli(augment_cmd(tiny_model, segs, out, *small), 1)
     assert out.read_bytes() == ref.read_bytes()
     ids = [json.loads(x)["id"] for x in part.read_text().splitlines()]
     assert sorted(ids) == sorted(set(ids)) and len(ids) == 24  # each segment exactly once
@@ -343,16 +330,14 @@ def test_two_tp2_replicas_score_like_one_process(tiny_model: Path, tmp_path: Pat
     ]
     write_records(tmp_path / "cand.jsonl", cands)
     common = [
-        "-m",
-        "humpback_ds",
         "curate",
         f"--model={tiny_model}",
         "--mode=logprob",
         f"--candidates={tmp_path / 'cand.jsonl'}",
         "--token_budget=2000",
     ]
-    launch([*common, f"--output={tmp_path / 'one.jsonl'}"], 1)
-    launch([*common, f"--output={tmp_path / 'four.jsonl'}", "--tp_size=2"], 4)
+    run_cli([*common, f"--output={tmp_path / 'one.jsonl'}"], 1)
+    run_cli([*common, f"--output={tmp_path / 'four.jsonl'}", "--tp_size=2"], 4)
     one = load_records(tmp_path / "one.jsonl", Scored)
     four = load_records(tmp_path / "four.jsonl", Scored)
     assert [s.id for s in four] == [s.id for s in one] == [f"c{i}" for i in range(6)]

@@ -144,9 +144,8 @@ def resume_tag(ckpt_dir: Path, dp: int, ds_config: dict[str, Any]) -> str | None
              "--num_extract_workers", "1", "--num_merge_workers", "1"],
             check=True, stdout=subprocess.DEVNULL,
         )  # fmt: skip
-    liveness.wait_for_all(
-        "the universal checkpoint conversion"
-    )  # 65B: far past a collective timeout
+    # for a 65B model the conversion takes far longer than a collective timeout
+    liveness.wait_for_all("the universal checkpoint conversion")
     ds_config["checkpoint"] = {**ds_config.get("checkpoint", {}), "load_universal": True}
     return universal
 
